@@ -1,0 +1,1 @@
+"""HTTP service for CSMS, DSO, operator and data-scientist users (FastAPI)."""

@@ -1,0 +1,1 @@
+"""Scale, speed and quality benchmarks; `python -m benchmarks.run` writes docs/BENCHMARKS.md."""

@@ -1,0 +1,1 @@
+"""Departure-time and energy-need forecasting (models, features, evaluation, registry)."""

@@ -1,0 +1,87 @@
+"""Least-laxity-first greedy schedule in numpy: the safe fallback when a solve fails.
+
+Step by step, every charging session first gets its no-pause level (the minimum current, or the
+opt-out share; less only in the step the car becomes full). The remaining headroom of every limit
+group is then handed out in priority buckets of increasing laxity (time left minus time still
+needed at full current). Inside a bucket each session's request is scaled by the tightest
+headroom ratio of the groups it belongs to, a few rounds at a time, so no limit is exceeded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from optimizer.network import Network
+from optimizer.problem import required_level_a
+
+BUCKETS = 6
+ROUNDS = 3
+
+
+def deliverable_need_kwh(net: Network) -> np.ndarray:
+    """Energy each session should get [kWh]: its need capped by what its stay allows."""
+    stay = (net.end - net.first).astype(float)
+    most = net.max_a * net.kw_per_a * net.dt_h * stay
+    return np.where(np.isnan(net.need_kwh), most, np.minimum(np.nan_to_num(net.need_kwh), most))
+
+
+def greedy_currents_a(net: Network) -> np.ndarray:
+    """Current [A] per session and step from the least-laxity-first greedy.
+
+    Parameters
+    ----------
+    net : Network
+
+    Returns
+    -------
+    numpy.ndarray
+        ``sessions × steps`` [A]; every group limit holds wherever the no-pause levels allow.
+    """
+    n, steps = net.n_sessions, net.steps
+    current = np.zeros((n, steps))
+    if n == 0:
+        return current
+    remaining = deliverable_need_kwh(net)
+    kwh_per_a = net.kw_per_a * net.dt_h
+    req_all = required_level_a(net)
+    coef = net.groups.coef.tocsr()
+    member = coef.copy()
+    member.data = np.ones_like(member.data)
+    member_t = member.T.tocsr()
+    max_step_kwh = net.max_a * kwh_per_a
+
+    for t in range(steps):
+        active = (net.first <= t) & (t < net.end) & (remaining > 1e-9)
+        if not active.any():
+            continue
+        hi = np.where(active, np.minimum(net.max_a, remaining / kwh_per_a), 0.0)
+        lo = np.where(active & ~net.pause_consent, np.minimum(req_all[:, t], hi), 0.0)
+        alloc = lo.copy()
+        limit = net.groups.limit[:, t]
+        steps_left = net.end - t
+        laxity = steps_left - remaining / np.maximum(max_step_kwh, 1e-12)
+        idx = np.nonzero(active)[0]
+        order = idx[np.argsort(laxity[idx], kind="stable")]
+        for bucket in np.array_split(order, min(BUCKETS, order.size)):
+            want = np.zeros(n)
+            want[bucket] = hi[bucket] - alloc[bucket]
+            for _ in range(ROUNDS):
+                if want.max(initial=0.0) <= 1e-9:
+                    break
+                headroom = np.maximum(limit - coef @ alloc, 0.0)
+                demand = coef @ want
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    ratio = np.where(demand > 1e-12, np.minimum(headroom / demand, 1.0), 1.0)
+                # a session's factor: the tightest ratio among its groups
+                shortfall = member_t.multiply(sp.csr_matrix(1.0 - ratio)).tocsr()
+                factor = 1.0 - np.asarray(shortfall.max(axis=1).todense()).ravel()
+                give = want * factor
+                alloc += give
+                want -= give
+        # a pause-consent session that could not reach its level is paused (frees headroom)
+        below = net.pause_consent & (alloc < np.minimum(req_all[:, t], hi) - 1e-9)
+        alloc[below] = 0.0
+        current[:, t] = alloc
+        remaining = remaining - alloc * kwh_per_a
+    return current

@@ -1,0 +1,251 @@
+"""The solver-agnostic scheduling problem: arrays both the pyomo model and the HiGHS twin read.
+
+Decision variables are the currents ``i[s, t]`` [A] of session ``s`` in step ``t``, built only
+where the session is present (sparse), ordered by session then step. All equations are in
+``docs/objective.md``; the array fields below carry their units in their names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from optimizer.network import Network
+
+UNMET_SEGMENT_SLOPES = (1.0, 2.0, 4.0, 8.0)
+"""Relative marginal penalty of the four equal shortfall segments of a session (fairness)."""
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Objective weights (documented in ``docs/objective.md``).
+
+    Attributes
+    ----------
+    unmet_per_kwh : float
+        Penalty of the first kWh of shortfall; later segments cost
+        :data:`UNMET_SEGMENT_SLOPES` times more.
+    slack_per_unit_h : float
+        Penalty of exceeding a limit by 1 A or 1 kW for one hour.
+    target_per_kwh : float
+        Penalty of deviating from a DSO target by 1 kWh.
+    price_weight : float
+        Multiplies the energy cost [EUR].
+    front_per_kwh : float
+        Penalty of delivering 1 kWh at the end instead of the start of a stay.
+    """
+
+    unmet_per_kwh: float = 100.0
+    slack_per_unit_h: float = 1.0e5
+    target_per_kwh: float = 10.0
+    price_weight: float = 1.0
+    front_per_kwh: float = 1.0
+
+
+@dataclass
+class ChargingProblem:
+    """One LP/MILP instance.
+
+    Attributes
+    ----------
+    var_session, var_step : numpy.ndarray
+        Session and step of each current variable.
+    i_lo_a, i_hi_a : numpy.ndarray
+        Bounds of each current [A]. ``i_lo_a`` is the minimum current where it is mandatory.
+    i_req_a : numpy.ndarray
+        The no-pause level of each variable [A] (minimum current, or the opt-out share);
+        the level binaries switch on for ``pause_consent`` sessions.
+    i_cost_per_a : numpy.ndarray
+        Objective coefficient of each current (front-loading and price) [1/A].
+    kwh_per_a : numpy.ndarray
+        Energy in one step per ampere, per variable [kWh/A].
+    kw_per_a : numpy.ndarray
+        Power per ampere, per variable [kW/A].
+    energy_session : numpy.ndarray
+        Sessions with an energy balance row (``need_eff_kwh > 0``).
+    need_eff_kwh : numpy.ndarray
+        Energy each of those sessions should get [kWh]: its need, or what it could take at most.
+    limit_rows : scipy.sparse.csr_matrix
+        ``rows × vars``, one row per (limit group, step) that can bind.
+    limit_rhs : numpy.ndarray
+        Right-hand side of each limit row [A] or [kW].
+    limit_group, limit_step : numpy.ndarray
+        Group and step of each limit row.
+    target_rows : scipy.sparse.csr_matrix
+        ``(target nodes · steps) × vars`` of kW coefficients.
+    target_kw : numpy.ndarray
+        Target of each target row [kW].
+    binary_vars : numpy.ndarray
+        Variables of ``pause_consent`` sessions (semi-continuous: 0 or at least ``i_req_a``).
+    """
+
+    net: Network
+    weights: Weights
+    var_session: np.ndarray
+    var_step: np.ndarray
+    i_lo_a: np.ndarray
+    i_hi_a: np.ndarray
+    i_req_a: np.ndarray
+    i_cost_per_a: np.ndarray
+    kwh_per_a: np.ndarray
+    kw_per_a: np.ndarray
+    energy_session: np.ndarray
+    need_eff_kwh: np.ndarray
+    energy_rows: sp.csr_matrix
+    limit_rows: sp.csr_matrix
+    limit_rhs: np.ndarray
+    limit_group: np.ndarray
+    limit_step: np.ndarray
+    target_rows: sp.csr_matrix
+    target_kw: np.ndarray
+    binary_vars: np.ndarray
+    var_of: np.ndarray = field(repr=False)  # sessions × steps -> variable index or -1
+
+    @property
+    def n_vars(self) -> int:
+        return int(self.var_session.size)
+
+    @property
+    def dt_h(self) -> float:
+        return self.net.dt_h
+
+    def currents(self, x: np.ndarray) -> np.ndarray:
+        """Spread a solution vector to a ``sessions × steps`` current matrix [A]."""
+        out = np.zeros((self.net.n_sessions, self.net.steps))
+        out[self.var_session, self.var_step] = x
+        return out
+
+
+def required_level_a(net: Network) -> np.ndarray:
+    """The no-pause current [A] per session and step: the minimum, or the opt-out share."""
+    req = np.repeat(net.min_a[:, None], net.steps, axis=1)
+    if net.opt_out.any():
+        share = net.uncontrolled_share_a()
+        req[net.opt_out] = share[net.opt_out]
+    return np.minimum(req, net.max_a[:, None])
+
+
+def build_problem(net: Network, weights: Weights | None = None) -> ChargingProblem:
+    """Arrays of the scheduling LP for a compiled network."""
+    w = weights or Weights()
+    steps, dt_h = net.steps, net.dt_h
+    present = net.presence()
+    var_session, var_step = np.nonzero(present)  # ordered by session, then step
+    nv = var_session.size
+    var_of = np.full(present.shape, -1, dtype=np.int64)
+    var_of[var_session, var_step] = np.arange(nv)
+
+    kw = net.kw_per_a[var_session]
+    kwh = kw * dt_h
+    hi = net.max_a[var_session].astype(float)
+    req = required_level_a(net)[var_session, var_step]
+
+    stay = (net.end - net.first).astype(float)
+    deliverable = net.max_a * net.kw_per_a * dt_h * stay
+    has_need = ~np.isnan(net.need_kwh)
+    need_eff = np.where(has_need, np.minimum(np.nan_to_num(net.need_kwh), deliverable), deliverable)
+
+    # mandatory minimum: always for sessions without a need; for the others only in the steps
+    # before the car could possibly be full (even at its maximum current)
+    pos = var_step - net.first[var_session]
+    surely_not_full = np.floor(
+        need_eff / np.maximum(net.max_a * net.kw_per_a * dt_h, 1e-12) + 1e-9
+    ).astype(np.int64)
+    mandatory = np.where(has_need[var_session], pos < surely_not_full[var_session], True)
+    mandatory &= ~net.pause_consent[var_session]
+    lo = np.where(mandatory, req, 0.0)
+
+    # front-loading: relative position in the stay, in (0, 1]
+    front = (pos + 1.0) / np.maximum(stay[var_session], 1.0)
+    cost = w.front_per_kwh * front * kwh
+    if net.price_eur_per_mwh is not None:
+        cost = cost + w.price_weight * net.price_eur_per_mwh[var_step] / 1000.0 * kwh
+
+    energy_session = np.nonzero(need_eff > 1e-9)[0]
+    e_row_of_session = np.full(net.n_sessions, -1, dtype=np.int64)
+    e_row_of_session[energy_session] = np.arange(energy_session.size)
+    e_rows = e_row_of_session[var_session]
+    keep = e_rows >= 0
+    energy_rows = sp.csr_matrix(
+        (kwh[keep], (e_rows[keep], np.nonzero(keep)[0])), shape=(energy_session.size, nv)
+    )
+
+    limit_rows, limit_rhs, limit_group, limit_step = _limit_rows(net, present, var_of, hi)
+    target_rows, target_kw = _target_rows(net, var_of, kw)
+
+    return ChargingProblem(
+        net=net,
+        weights=w,
+        var_session=var_session,
+        var_step=var_step,
+        i_lo_a=lo,
+        i_hi_a=hi,
+        i_req_a=req,
+        i_cost_per_a=cost,
+        kwh_per_a=kwh,
+        kw_per_a=kw,
+        energy_session=energy_session,
+        need_eff_kwh=need_eff[energy_session],
+        energy_rows=energy_rows,
+        limit_rows=limit_rows,
+        limit_rhs=limit_rhs,
+        limit_group=limit_group,
+        limit_step=limit_step,
+        target_rows=target_rows,
+        target_kw=target_kw,
+        binary_vars=np.nonzero(net.pause_consent[var_session])[0],
+        var_of=var_of,
+    )
+
+
+def _limit_rows(
+    net: Network, present: np.ndarray, var_of: np.ndarray, hi: np.ndarray
+) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows ``Σ_s coef[g, s] · i[s, t] ≤ limit[g, t]`` for every (group, step) that can bind.
+
+    A row whose members cannot exceed the limit even at their maximum current is dropped.
+    """
+    groups = net.groups
+    nv = hi.size
+    if groups.n == 0 or nv == 0:
+        return sp.csr_matrix((0, nv)), np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    max_a = net.max_a
+    most = groups.coef @ (present * max_a[:, None])  # groups × steps, at every maximum
+    bind_g, bind_t = np.nonzero(most > groups.limit + 1e-9)
+    coef = groups.coef.tocsr()
+    counts = np.diff(coef.indptr)[bind_g]
+    row_rep = np.repeat(np.arange(bind_g.size), counts)
+    starts = coef.indptr[bind_g]
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    entry = np.repeat(starts, counts) + offsets
+    sess = coef.indices[entry]
+    val = coef.data[entry]
+    var = var_of[sess, bind_t[row_rep]]
+    ok = var >= 0
+    rows = sp.csr_matrix((val[ok], (row_rep[ok], var[ok])), shape=(bind_g.size, nv))
+    rhs = groups.limit[bind_g, bind_t]
+    return rows, rhs, bind_g, bind_t
+
+
+def _target_rows(net: Network, var_of: np.ndarray, kw: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Rows ``Σ_{s below n} p[s, t]`` for each target node ``n`` and step ``t`` [kW]."""
+    nv = kw.size
+    steps = net.steps
+    if not net.target_nodes:
+        return sp.csr_matrix((0, nv)), np.zeros(0)
+    r_list, c_list, v_list = [], [], []
+    for k, node in enumerate(net.target_nodes):
+        members = net.node_members[node]
+        vars_ = var_of[members].ravel()
+        steps_of = np.tile(np.arange(steps), members.size)
+        ok = vars_ >= 0
+        r_list.append(k * steps + steps_of[ok])
+        c_list.append(vars_[ok])
+        v_list.append(kw[vars_[ok]])
+    rows = sp.csr_matrix(
+        (np.concatenate(v_list), (np.concatenate(r_list), np.concatenate(c_list))),
+        shape=(len(net.target_nodes) * steps, nv),
+    )
+    return rows, net.target_kw.ravel()

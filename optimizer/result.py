@@ -1,0 +1,170 @@
+"""Assemble the schedule file (``gridcharge.schedule/1``) from a current matrix.
+
+The numbers reported here (energy, node power, violations, KPIs) are recomputed from the rounded
+currents that are written out, so the file is consistent with itself; the independent checker
+(:mod:`optimizer.checker`) verifies that from scratch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from optimizer.network import UNIT_OF_KIND, Network
+from optimizer.problem import required_level_a
+from optimizer.uncontrolled import node_power_kw
+
+SCHEDULE_FORMAT = "gridcharge.schedule/1"
+CURRENT_DECIMALS = 4
+TOL = 1e-6
+
+
+def round_currents(current_a: np.ndarray) -> np.ndarray:
+    """Currents as written to the file (1e-4 A), never negative."""
+    return np.maximum(np.round(current_a, CURRENT_DECIMALS), 0.0)
+
+
+def session_energy_kwh(net: Network, current_a: np.ndarray) -> np.ndarray:
+    """Delivered energy per session [kWh]: ``Σ_t i[s,t] · n_s · V/1000 · Δt``."""
+    return current_a.sum(axis=1) * net.kw_per_a * net.dt_h
+
+
+def limit_violations(net: Network, current_a: np.ndarray, tol: float = TOL) -> list[dict[str, Any]]:
+    """Every (group, step) whose sum exceeds its limit, as schedule ``violations`` entries."""
+    g = net.groups
+    if g.n == 0:
+        return []
+    excess = g.coef @ current_a - g.limit
+    rows, steps = np.nonzero(excess > tol)
+    return [
+        {
+            "kind": g.kind[r],
+            "node": g.subject[r],
+            "step": int(t),
+            "amount": round(float(excess[r, t]), 6),
+            "unit": UNIT_OF_KIND[g.kind[r]],
+        }
+        for r, t in zip(rows, steps, strict=True)
+    ]
+
+
+def no_pause_dips(net: Network, current_a: np.ndarray, tol: float = 1e-4) -> np.ndarray:
+    """Boolean ``sessions × steps``: below the no-pause level while not full and not filling.
+
+    The rule of ``docs/formats.md`` (kinds ``min_current`` and ``opt_out``); pause-consent
+    sessions are exempt.
+    """
+    present = net.presence()
+    e_step = current_a * (net.kw_per_a * net.dt_h)[:, None]
+    e_after = np.cumsum(e_step, axis=1)
+    e_before = e_after - e_step
+    need = net.need_kwh[:, None]
+    has_need = ~np.isnan(need)
+    not_full = np.where(has_need, e_before < need - 1e-3, True)
+    filling = np.where(has_need, e_after >= need - 1e-3, False)
+    req = required_level_a(net)
+    dips = present & not_full & ~filling & (current_a < req - tol)
+    dips[net.pause_consent] = False
+    return dips
+
+
+def build_schedule(
+    net: Network,
+    current_a: np.ndarray,
+    *,
+    method: str,
+    status: str,
+    solver: dict[str, Any],
+    reason: str | None = None,
+) -> dict[str, Any]:
+    """The schedule dict for ``current_a`` (``sessions × steps`` [A]).
+
+    ``status`` is downgraded to ``infeasible_limits`` when a limit is exceeded.
+    """
+    cur = round_currents(current_a)
+    energy = session_energy_kwh(net, cur)
+    need = net.need_kwh
+    unmet = np.where(np.isnan(need), np.nan, np.maximum(np.nan_to_num(need) - energy, 0.0))
+    power = node_power_kw(net, cur)
+    violations = limit_violations(net, cur)
+    dips = no_pause_dips(net, cur, tol=1e-3)
+    for s, t in zip(*np.nonzero(dips), strict=True):
+        kind = "opt_out" if net.opt_out[s] else "min_current"
+        level = required_level_a(net)[s, t]
+        violations.append(
+            {
+                "kind": kind,
+                "session": net.session_ids[s],
+                "step": int(t),
+                "amount": round(float(level - cur[s, t]), 6),
+                "unit": "A",
+            }
+        )
+    if violations and status in ("optimal", "feasible"):
+        status = "infeasible_limits"
+
+    sessions = {
+        sid: {
+            "current_a": cur[k].tolist(),
+            "energy_kwh": round(float(energy[k]), 6),
+            "unmet_kwh": None if np.isnan(unmet[k]) else round(float(unmet[k]), 6),
+        }
+        for k, sid in enumerate(net.session_ids)
+    }
+    nodes = {nid: {"power_kw": np.round(p, 6).tolist()} for nid, p in power.items()}
+    out: dict[str, Any] = {
+        "format": SCHEDULE_FORMAT,
+        "status": status,
+        "method": method,
+        "solver": solver,
+        "grid": {
+            "start": net.grid.start_utc.isoformat().replace("+00:00", "Z"),
+            "step_s": net.grid.step_s,
+            "steps": net.grid.steps,
+        },
+        "sessions": sessions,
+        "nodes": nodes,
+        "violations": violations,
+        "kpis": kpis(net, cur, energy, power, violations),
+    }
+    if reason is not None:
+        out["reason"] = reason
+    return out
+
+
+def kpis(
+    net: Network,
+    current_a: np.ndarray,
+    energy_kwh: np.ndarray,
+    power: dict[str, np.ndarray],
+    violations: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Summary numbers of a schedule (see ``docs/formats.md``)."""
+    has_need = ~np.isnan(net.need_kwh)
+    need = net.need_kwh[has_need]
+    got = energy_kwh[has_need]
+    served = got >= need - 1e-3
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(need > 0, got / need, 1.0)
+    roots = [nid for k, nid in enumerate(net.node_ids) if net.node_parent[k] < 0]
+    out: dict[str, Any] = {
+        "sessions": net.n_sessions,
+        "energy_requested_kwh": round(float(need.sum()), 3),
+        "energy_delivered_kwh": round(float(energy_kwh.sum()), 3),
+        "unmet_kwh": round(float(np.maximum(need - got, 0).sum()), 3),
+        "sessions_fully_served": round(float(served.mean()) if served.size else 1.0, 4),
+        "min_served_share": round(float(share.min()) if share.size else 1.0, 4),
+        "peak_kw": {r: round(float(power[r].max(initial=0.0)), 3) for r in roots},
+        "cap_kw": {n: round(float(c.min()), 3) for n, c in net.cap_kw.items()},
+        "violations": len(violations),
+    }
+    if net.target_nodes:
+        out["target_deviation_kwh"] = {
+            n: round(float(np.abs(power[n] - net.target_kw[k]).sum() * net.dt_h), 3)
+            for k, n in enumerate(net.target_nodes)
+        }
+    if net.price_eur_per_mwh is not None:
+        total_kw = (current_a * net.kw_per_a[:, None]).sum(axis=0)
+        out["cost_eur"] = round(float((total_kw * net.dt_h * net.price_eur_per_mwh).sum() / 1000), 3)
+    return out

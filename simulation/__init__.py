@@ -1,0 +1,1 @@
+"""Fleet and network generator: Rotterdam-like networks and a day of realistic Dutch public-charging sessions."""
