@@ -14,8 +14,11 @@ import scipy.sparse as sp
 
 from optimizer.network import Network
 
-UNMET_SEGMENT_SLOPES = (1.0, 2.0, 4.0, 8.0)
-"""Relative marginal penalty of the four equal shortfall segments of a session (fairness)."""
+UNMET_SEGMENT_SLOPES = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
+"""Relative marginal penalty of the K equal shortfall segments of a session (fairness).
+
+The penalty grows with the unserved share, so shortfall is spread: two sessions' unserved
+shares differ by at most one segment (1/K of the need) at the optimum."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ class Weights:
     slack_per_unit_h: float = 1.0e5
     target_per_kwh: float = 10.0
     price_weight: float = 1.0
-    front_per_kwh: float = 1.0
+    front_per_kwh: float = 0.1
 
 
 @dataclass

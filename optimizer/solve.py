@@ -47,37 +47,45 @@ def make_twin(
 
 
 def repair_bounds(problem: ChargingProblem, current_a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """New lower bounds for the variables where the solution breaks the no-pause rule.
+    """New lower bounds where the solution breaks the no-pause rule.
 
-    The bound is the no-pause level, reduced where needed so that a session's bounded energy
-    never exceeds the energy it should get (the last bounded step may then be a partial one).
+    A car below its no-pause level at step ``t`` while not yet full must have been charging at
+    that level since plug-in, so the level becomes the lower bound of every step from plug-in
+    through the session's earliest dip. The bounded prefix is filled in time order within the
+    energy the session should get, so its last step may be a partial one (the car is then full).
     """
     net = problem.net
     dips = no_pause_dips(net, current_a)
-    s_idx, t_idx = np.nonzero(dips)
-    if s_idx.size == 0:
+    s_dip, t_dip = np.nonzero(dips)
+    if s_dip.size == 0:
         return np.zeros(0, np.int64), np.zeros(0)
-    var = problem.var_of[s_idx, t_idx]
+    sessions, first_idx = np.unique(s_dip, return_index=True)  # earliest dip per session
+    t_end = t_dip[first_idx]
+    start = net.first[sessions]
+    lengths = t_end - start + 1
+    s_rep = np.repeat(sessions, lengths)
+    group_start = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    t_rep = np.repeat(start, lengths) + np.arange(lengths.sum()) - group_start
+    var = problem.var_of[s_rep, t_rep]
     req = problem.i_req_a[var]
     kwh = problem.kwh_per_a[var]
-    # energy already forced by existing lower bounds, per session
-    forced = np.bincount(
-        problem.var_session, weights=problem.i_lo_a * problem.kwh_per_a, minlength=net.n_sessions
-    )
+    old = problem.i_lo_a[var]
+
     budget = np.full(net.n_sessions, np.inf)
     budget[problem.energy_session] = problem.need_eff_kwh
-    room = budget - forced
-    order = np.lexsort((t_idx, s_idx))
-    s_o, var_o, req_o, kwh_o = s_idx[order], var[order], req[order], kwh[order]
-    want = (req_o - problem.i_lo_a[var_o]) * kwh_o
+    forced_all = np.bincount(
+        problem.var_session, weights=problem.i_lo_a * problem.kwh_per_a, minlength=net.n_sessions
+    )
+    forced_prefix = np.bincount(s_rep, weights=old * kwh, minlength=net.n_sessions)
+    room = budget - (forced_all - forced_prefix)  # energy the prefix may be forced to take
+    want = req * kwh
     cum = np.cumsum(want)
-    first_of = np.r_[0, np.nonzero(np.diff(s_o))[0] + 1]
-    start_cum = np.repeat(cum[first_of] - want[first_of], np.diff(np.r_[first_of, s_o.size]))
-    before = cum - want - start_cum
-    give = np.clip(room[s_o] - before, 0.0, want)
-    new_lo = problem.i_lo_a[var_o] + give / kwh_o
-    keep = give > 1e-9
-    return var_o[keep], new_lo[keep]
+    g0 = np.cumsum(lengths) - lengths
+    before = cum - want - np.repeat(cum[g0] - want[g0], lengths)
+    lo = np.clip((room[s_rep] - before) / kwh, 0.0, req)
+    new_lo = np.maximum(old, lo)
+    changed = new_lo > old + 1e-9
+    return var[changed], new_lo[changed]
 
 
 def solve_lp(

@@ -1,0 +1,239 @@
+"""The ``gridcharge`` command line (typer).
+
+Bad input ends with exit code 2 and one readable line on stderr naming the field and value.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import date as date_cls
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from optimizer.errors import GridchargeError, ScenarioError
+from optimizer.scenario import load_scenario, scenario_json_schema
+from optimizer.solve import METHODS, solve_network
+
+app = typer.Typer(
+    help="gridcharge: grid-aware EV charging schedules.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+scenario_app = typer.Typer(help="Scenario files.", no_args_is_help=True)
+app.add_typer(scenario_app, name="scenario")
+
+console = Console()
+err_console = Console(stderr=True)
+
+PROFILE_FORMATS = ("ocpp16", "ocpp201", "ocpi")
+
+
+def fail(message: str) -> typer.Exit:
+    """Print one line to stderr; the caller raises the returned exit (code 2)."""
+    err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
+    tmp.replace(path)  # never leave a half-written file behind
+
+
+def summary_table(schedules: dict[str, dict[str, Any]], title: str = "Schedule") -> Table:
+    """Energy, unmet energy, peak per region vs cap, violations and time per schedule."""
+    table = Table(title=title)
+    table.add_column("method")
+    table.add_column("status")
+    table.add_column("delivered kWh", justify="right")
+    table.add_column("unmet kWh", justify="right")
+    table.add_column("fully served", justify="right")
+    table.add_column("peak kW / cap kW (per region)")
+    table.add_column("violations", justify="right")
+    table.add_column("time s", justify="right")
+    for name, sch in schedules.items():
+        k = sch["kpis"]
+        peaks = ", ".join(
+            f"{r}: {p:,.0f}" + (f"/{k['cap_kw'][r]:,.0f}" if r in k["cap_kw"] else "")
+            for r, p in k["peak_kw"].items()
+        )
+        table.add_row(
+            name,
+            sch["status"],
+            f"{k['energy_delivered_kwh']:,.1f}",
+            f"{k['unmet_kwh']:,.1f}",
+            f"{100 * k['sessions_fully_served']:.1f} %",
+            peaks,
+            str(k["violations"]),
+            f"{sch['solver'].get('time_s', 0):.2f}",
+        )
+    return table
+
+
+def _parse_profiles(profiles: str | None) -> list[str]:
+    if not profiles:
+        return []
+    wanted = [p.strip() for p in profiles.split(",") if p.strip()]
+    for p in wanted:
+        if p not in PROFILE_FORMATS:
+            raise fail(f"--profiles: unknown profile format {p!r} (choose from {PROFILE_FORMATS})")
+    return wanted
+
+
+@app.command()
+def schedule(
+    scenario: Annotated[Path, typer.Argument(help="Scenario JSON file.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Schedule JSON to write.")] = Path(
+        "schedule.json"
+    ),
+    method: Annotated[str, typer.Option(help="lp | milp | greedy | uncontrolled")] = "lp",
+    profiles: Annotated[
+        str | None, typer.Option(help="Comma list of ocpp16,ocpp201,ocpi to attach.")
+    ] = None,
+    time_limit: Annotated[
+        float | None, typer.Option("--time-limit", help="Solver budget [s].")
+    ] = None,
+    backend: Annotated[str, typer.Option(help="highs (direct twin) | pyomo")] = "highs",
+) -> None:
+    """Schedule a scenario and write the schedule file."""
+    if method not in METHODS:
+        raise fail(f"--method: unknown method {method!r} (choose from {', '.join(METHODS)})")
+    if backend not in ("highs", "pyomo"):
+        raise fail(f"--backend: unknown backend {backend!r} (choose from highs, pyomo)")
+    if time_limit is not None and not time_limit > 0:
+        raise fail(f"--time-limit: must be > 0 (got {time_limit})")
+    formats = _parse_profiles(profiles)
+    from optimizer.network import compile_network
+
+    try:
+        sc = load_scenario(scenario)
+    except ScenarioError as exc:
+        raise fail(str(exc)) from None
+    net = compile_network(sc)
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+        console=err_console, transient=True,
+    ) as bar:
+        task = bar.add_task(f"{method}: {net.n_sessions} sessions × {net.steps} steps")
+        result = solve_network(
+            net,
+            method,
+            backend=backend,
+            time_limit_s=time_limit,
+            progress=lambda msg: bar.update(task, description=f"{method}: {msg}"),
+        )
+    if formats:
+        from optimizer.emit import attach_profiles
+
+        attach_profiles(net, result, formats)
+    _write_json(output, result)
+    console.print(summary_table({method: result}, title=f"{scenario.name} → {output}"))
+
+
+@app.command()
+def check(
+    scenario: Annotated[Path, typer.Argument(help="Scenario JSON file.")],
+    schedule_file: Annotated[Path, typer.Argument(metavar="SCHEDULE", help="Schedule JSON file.")],
+) -> None:
+    """Re-simulate a schedule independently: exit 0 when every limit holds, 1 otherwise."""
+    from optimizer.checker import check_schedule
+
+    data = []
+    for label, path in (("scenario", scenario), ("schedule", schedule_file)):
+        try:
+            data.append(json.loads(path.read_text(encoding="utf-8")))
+        except OSError as exc:
+            raise fail(f"{label}: cannot read {str(path)!r}: {exc.strerror}") from None
+        except json.JSONDecodeError as exc:
+            raise fail(f"{label}: {str(path)!r} is not valid JSON ({exc.msg})") from None
+    try:
+        load_scenario(scenario)
+        violations = check_schedule(data[0], data[1])
+    except (ScenarioError, GridchargeError) as exc:
+        raise fail(str(exc)) from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise fail(f"schedule: malformed ({exc})") from None
+    if not violations:
+        console.print("[green]ok[/green]: every limit holds")
+        raise typer.Exit(0)
+    table = Table(title=f"{len(violations)} violations")
+    for col in ("kind", "subject", "step", "amount", "unit"):
+        table.add_column(col)
+    for v in violations[:200]:
+        table.add_row(v.kind, v.subject, str(v.step), f"{v.amount:.4f}", v.unit)
+    console.print(table)
+    raise typer.Exit(1)
+
+
+@app.command()
+def schema(
+    kind: Annotated[str, typer.Argument(help="scenario | schedule")] = "scenario",
+) -> None:
+    """Print the JSON Schema of the scenario or schedule file."""
+    if kind == "scenario":
+        sys.stdout.write(json.dumps(scenario_json_schema(), indent=2) + "\n")
+    elif kind == "schedule":
+        from optimizer.schemas import schedule_json_schema
+
+        sys.stdout.write(json.dumps(schedule_json_schema(), indent=2) + "\n")
+    else:
+        raise fail(f"kind: unknown schema {kind!r} (choose from scenario, schedule)")
+
+
+@scenario_app.command("generate")
+def scenario_generate(
+    stations: Annotated[int, typer.Option(help="Number of two-connector stations.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same file).")] = 1,
+    date: Annotated[str | None, typer.Option(help="Day to simulate, YYYY-MM-DD.")] = None,
+    dso_scale: Annotated[
+        float, typer.Option("--dso-scale", help="DSO cap as a share of the uncontrolled peak.")
+    ] = 0.6,
+    output: Annotated[Path, typer.Option("-o", "--output")] = Path("scenario.json"),
+) -> None:
+    """Generate a Rotterdam-like network and one day of Dutch public-charging sessions."""
+    from simulation.fleet import generate_scenario
+
+    if stations < 1:
+        raise fail(f"--stations: must be >= 1 (got {stations})")
+    if not 0 < dso_scale <= 10:
+        raise fail(f"--dso-scale: must be in (0, 10] (got {dso_scale})")
+    day = None
+    if date is not None:
+        try:
+            day = date_cls.fromisoformat(date)
+        except ValueError:
+            raise fail(f"--date: not a YYYY-MM-DD date (got {date!r})") from None
+    t0 = time.perf_counter()
+    sc = generate_scenario(stations=stations, seed=seed, date=day, dso_scale=dso_scale)
+    _write_json(output, sc)
+    console.print(
+        f"wrote {output}: {len(sc['stations'])} stations, {len(sc['sessions'])} sessions, "
+        f"{len(sc['nodes'])} nodes in {time.perf_counter() - t0:.1f} s"
+    )
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Report directory.")] = Path("report"),
+    stations: Annotated[int, typer.Option(help="Stations in the generated network.")] = 1000,
+    seed: Annotated[int, typer.Option()] = 1,
+) -> None:
+    """Generate a network, schedule a day with lp, uncontrolled and greedy, check all three and
+    write a report with plots."""
+    from optimizer.demo import run_demo
+
+    code = run_demo(out=out, stations=stations, seed=seed, console=console)
+    raise typer.Exit(code)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

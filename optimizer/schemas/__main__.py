@@ -1,0 +1,3 @@
+from optimizer.schemas import write_schemas
+
+write_schemas()
