@@ -44,12 +44,17 @@ class LimitGroups:
         ``groups × sessions``; [1] for phase groups, [kW/A] for power groups.
     limit : numpy.ndarray
         ``groups × steps`` limits [A] or [kW].
+    dominated : numpy.ndarray
+        True for a phase group whose members are a subset of another phase group of the same
+        subject (e.g. L2 and L3 when only 3-phase cars are present): such a group can never bind
+        first, so the LP leaves it out, but violations are still reported on every phase.
     """
 
     kind: list[str]
     subject: list[str]
     coef: sp.csr_matrix
     limit: np.ndarray
+    dominated: np.ndarray  # True where another group of the same subject implies this one
 
     @property
     def n(self) -> int:
@@ -227,19 +232,23 @@ def compile_network(sc: Scenario) -> Network:
     cols: list[np.ndarray] = []
     vals: list[np.ndarray] = []
     limits: list[np.ndarray] = []
+    dominated: list[bool] = []
 
     def add_phase_groups(kind: str, subject: str, members: np.ndarray, limit: np.ndarray) -> None:
-        """One group per phase, skipping phases dominated by another phase's group."""
+        """One group per phase; phases that only 3-phase cars use are marked dominated."""
         if members.size == 0 or not np.isfinite(limit).any():
             return
         masks = phase_mask[members]
         single = masks.sum(axis=1) == 1
         used = [ph for ph in range(3) if (masks[single, ph]).any()]
         if not used:
-            used = [0]  # all 3-phase: the three phase sums are equal, one group suffices
-        for ph in used:
+            used = [0]  # all 3-phase: the three phase sums are equal
+        for ph in range(3):
             on = members[masks[:, ph]]
+            if on.size == 0:
+                continue
             g = len(kinds)
+            dominated.append(ph not in used)
             kinds.append(kind)
             subjects.append(f"{subject}:{PHASES[ph]}")
             rows.append(np.full(on.size, g))
@@ -251,6 +260,7 @@ def compile_network(sc: Scenario) -> Network:
         if members.size == 0 or not np.isfinite(limit).any():
             return
         g = len(kinds)
+        dominated.append(False)
         kinds.append(kind)
         subjects.append(subject)
         rows.append(np.full(members.size, g))
@@ -313,7 +323,7 @@ def compile_network(sc: Scenario) -> Network:
         node_ids=node_ids,
         node_parent=node_parent,
         station_node=station_node,
-        groups=LimitGroups(kinds, subjects, coef, limit),
+        groups=LimitGroups(kinds, subjects, coef, limit, np.array(dominated, dtype=bool)),
         node_members=node_members,
         target_nodes=target_nodes,
         target_kw=np.vstack(targets) if targets else np.zeros((0, steps)),

@@ -216,7 +216,8 @@ def _limit_rows(
         return sp.csr_matrix((0, nv)), np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64)
     max_a = net.max_a
     most = groups.coef @ (present * max_a[:, None])  # groups × steps, at every maximum
-    bind_g, bind_t = np.nonzero(most > groups.limit + 1e-9)
+    can_bind = (most > groups.limit + 1e-9) & ~groups.dominated[:, None]
+    bind_g, bind_t = np.nonzero(can_bind)
     coef = groups.coef.tocsr()
     counts = np.diff(coef.indptr)[bind_g]
     row_rep = np.repeat(np.arange(bind_g.size), counts)
@@ -252,3 +253,24 @@ def _target_rows(net: Network, var_of: np.ndarray, kw: np.ndarray) -> tuple[sp.c
         shape=(len(net.target_nodes) * steps, nv),
     )
     return rows, net.target_kw.ravel()
+
+
+def objective_value(p: ChargingProblem, current_a: np.ndarray) -> float:
+    """The LP objective of any schedule (``sessions × steps`` [A]), e.g. the greedy one.
+
+    Shortfall fills the cheapest segments first, slacks are the excess over each limit row and
+    deviations the distance to the target, exactly as the optimal LP would set them.
+    """
+    w = p.weights
+    x = current_a[p.var_session, p.var_step]
+    value = float(p.i_cost_per_a @ x)
+    delivered = p.energy_rows @ x
+    shortfall = np.maximum(p.need_eff_kwh - delivered, 0.0)
+    K = len(UNMET_SEGMENT_SLOPES)
+    seg = p.need_eff_kwh / K
+    for k, slope in enumerate(UNMET_SEGMENT_SLOPES):
+        in_seg = np.clip(shortfall - k * seg, 0.0, seg)
+        value += w.unmet_per_kwh * slope * float(in_seg.sum())
+    value += w.slack_per_unit_h * p.dt_h * float(np.maximum(p.limit_rows @ x - p.limit_rhs, 0).sum())
+    value += w.target_per_kwh * p.dt_h * float(np.abs(p.target_rows @ x - p.target_kw).sum())
+    return value
