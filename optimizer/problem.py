@@ -122,11 +122,12 @@ class ChargingProblem:
 
 
 def required_level_a(net: Network) -> np.ndarray:
-    """The no-pause current [A] per session and step: the minimum, or the opt-out share."""
+    """The no-pause current [A] per session and step: the minimum, or for an opt-out session
+    the larger of the minimum and its uncontrolled share."""
     req = np.repeat(net.min_a[:, None], net.steps, axis=1)
     if net.opt_out.any():
         share = net.uncontrolled_share_a()
-        req[net.opt_out] = share[net.opt_out]
+        req[net.opt_out] = np.maximum(req[net.opt_out], share[net.opt_out])
     return np.minimum(req, net.max_a[:, None])
 
 
