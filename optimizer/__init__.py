@@ -1,1 +1,2 @@
-"""Network and session model, time grid, LP/MILP scheduler (pyomo and direct HiGHS), greedy and uncontrolled methods, charging-profile emission and the independent schedule checker."""
+"""Network and session model, LP/MILP scheduler (pyomo and direct HiGHS), greedy and
+uncontrolled methods, charging-profile emission and the independent schedule checker."""

@@ -120,8 +120,11 @@ def schedule(
         raise fail(str(exc)) from None
     net = compile_network(sc)
     with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-        console=err_console, transient=True,
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
     ) as bar:
         task = bar.add_task(f"{method}: {net.n_sessions} sessions × {net.steps} steps")
         result = solve_network(

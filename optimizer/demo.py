@@ -17,9 +17,7 @@ from optimizer.scenario import parse_scenario
 from optimizer.solve import solve_network
 
 
-def plot_region_power(
-    net: Network, schedules: dict[str, dict[str, Any]], path: Path
-) -> None:
+def plot_region_power(net: Network, schedules: dict[str, dict[str, Any]], path: Path) -> None:
     """Aggregate power per root node and method against the DSO cap and target."""
     import matplotlib
 

@@ -9,17 +9,18 @@ that both reach the same objective.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import pyomo.environ as pyo
-from pyomo.contrib.appsi.solvers import Highs as AppsiHighs
 from pyomo.contrib.appsi.base import TerminationCondition
+from pyomo.contrib.appsi.solvers import Highs as AppsiHighs
 
 from optimizer.lp_highs import LpSolution, objective_columns
 from optimizer.problem import UNMET_SEGMENT_SLOPES, ChargingProblem
 
 
-def _row_expr(m: pyo.ConcreteModel, rows, r: int):  # type: ignore[no-untyped-def]
+def _row_expr(m: pyo.ConcreteModel, rows: Any, r: int) -> Any:
     lo, hi = rows.indptr[r], rows.indptr[r + 1]
     return pyo.quicksum(
         float(c) * m.i[int(j)] for j, c in zip(rows.indices[lo:hi], rows.data[lo:hi], strict=True)
@@ -87,7 +88,10 @@ def add_limit_family(m: pyo.ConcreteModel, p: ChargingProblem, kind: str) -> Non
 
 
 def add_target_tracking(m: pyo.ConcreteModel, p: ChargingProblem) -> None:
-    """Deviation from a DSO target: ``Σ_{s below n} p[s,t] − d⁺[n,t] + d⁻[n,t] = target[n,t]`` [kW]."""
+    """Deviation from a DSO target [kW].
+
+    ``Σ_{s below n} p[s,t] − d⁺[n,t] + d⁻[n,t] = target[n,t]``
+    """
     n_t = p.target_kw.size
     m.Tr = pyo.RangeSet(0, n_t - 1) if n_t else pyo.Set(initialize=[])
     m.dev_up = pyo.Var(m.Tr, within=pyo.NonNegativeReals)

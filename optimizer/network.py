@@ -211,17 +211,17 @@ def compile_network(sc: Scenario) -> Network:
     # members of every node: sessions of stations below it (transitively)
     children_stations: dict[int, list[int]] = {k: [] for k in range(len(node_ids))}
     for st_k, nd in enumerate(station_node):
-        p = int(nd)
-        while p >= 0:
-            children_stations[p].append(st_k)
-            p = int(node_parent[p])
+        up = int(nd)
+        while up >= 0:
+            children_stations[up].append(st_k)
+            up = int(node_parent[up])
     sessions_of_station: list[list[int]] = [[] for _ in station_ids]
     for s_k, st_k in enumerate(sess_station):
         sessions_of_station[int(st_k)].append(s_k)
     node_members: dict[str, np.ndarray] = {}
     for nd_k, nid in enumerate(node_ids):
-        members = [s for st in children_stations[nd_k] for s in sessions_of_station[st]]
-        node_members[nid] = np.array(sorted(members), dtype=np.int64)
+        below = [s for st in children_stations[nd_k] for s in sessions_of_station[st]]
+        node_members[nid] = np.array(sorted(below), dtype=np.int64)
     for st_k, sid in enumerate(station_ids):
         node_members[sid] = np.array(sessions_of_station[st_k], dtype=np.int64)
 
@@ -279,14 +279,14 @@ def compile_network(sc: Scenario) -> Network:
     cap_kw: dict[str, np.ndarray] = {}
     target_nodes: list[str] = []
     targets: list[np.ndarray] = []
-    for p in sc.dso_profiles:
-        if p.cap_kw is not None:
-            cap = np.asarray(p.cap_kw, dtype=float)
-            cap_kw[p.node] = np.minimum(cap_kw.get(p.node, np.inf), cap)
-            add_power_group("dso_cap", p.node, node_members[p.node], cap)
-        if p.target_kw is not None:
-            target_nodes.append(p.node)
-            targets.append(np.asarray(p.target_kw, dtype=float))
+    for prof in sc.dso_profiles:
+        if prof.cap_kw is not None:
+            cap = np.asarray(prof.cap_kw, dtype=np.float64)
+            cap_kw[prof.node] = np.minimum(cap_kw.get(prof.node, np.inf), cap)
+            add_power_group("dso_cap", prof.node, node_members[prof.node], cap)
+        if prof.target_kw is not None:
+            target_nodes.append(prof.node)
+            targets.append(np.asarray(prof.target_kw, dtype=np.float64))
 
     n_groups = len(kinds)
     coef = sp.csr_matrix(

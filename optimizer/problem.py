@@ -134,7 +134,7 @@ def required_level_a(net: Network) -> np.ndarray:
 def build_problem(net: Network, weights: Weights | None = None) -> ChargingProblem:
     """Arrays of the scheduling LP for a compiled network."""
     w = weights or Weights()
-    steps, dt_h = net.steps, net.dt_h
+    dt_h = net.dt_h
     present = net.presence()
     var_session, var_step = np.nonzero(present)  # ordered by session, then step
     nv = var_session.size
@@ -234,7 +234,9 @@ def _limit_rows(
     return rows, rhs, bind_g, bind_t
 
 
-def _target_rows(net: Network, var_of: np.ndarray, kw: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
+def _target_rows(
+    net: Network, var_of: np.ndarray, kw: np.ndarray
+) -> tuple[sp.csr_matrix, np.ndarray]:
     """Rows ``Σ_{s below n} p[s, t]`` for each target node ``n`` and step ``t`` [kW]."""
     nv = kw.size
     steps = net.steps
@@ -272,6 +274,8 @@ def objective_value(p: ChargingProblem, current_a: np.ndarray) -> float:
     for k, slope in enumerate(UNMET_SEGMENT_SLOPES):
         in_seg = np.clip(shortfall - k * seg, 0.0, seg)
         value += w.unmet_per_kwh * slope * float(in_seg.sum())
-    value += w.slack_per_unit_h * p.dt_h * float(np.maximum(p.limit_rows @ x - p.limit_rhs, 0).sum())
+    value += (
+        w.slack_per_unit_h * p.dt_h * float(np.maximum(p.limit_rows @ x - p.limit_rhs, 0).sum())
+    )
     value += w.target_per_kwh * p.dt_h * float(np.abs(p.target_rows @ x - p.target_kw).sum())
     return value

@@ -166,5 +166,7 @@ def kpis(
         }
     if net.price_eur_per_mwh is not None:
         total_kw = (current_a * net.kw_per_a[:, None]).sum(axis=0)
-        out["cost_eur"] = round(float((total_kw * net.dt_h * net.price_eur_per_mwh).sum() / 1000), 3)
+        out["cost_eur"] = round(
+            float((total_kw * net.dt_h * net.price_eur_per_mwh).sum() / 1000), 3
+        )
     return out

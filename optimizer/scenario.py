@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
@@ -171,7 +172,9 @@ def load_scenario(path: str | Path) -> Scenario:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ScenarioError("file", str(p), f"is not valid JSON ({exc.msg} at line {exc.lineno})")
+        raise ScenarioError(
+            "file", str(p), f"is not valid JSON ({exc.msg} at line {exc.lineno})"
+        ) from None
     return parse_scenario(data)
 
 
@@ -216,12 +219,12 @@ def validate_scenario(sc: Scenario) -> None:
         _check_limit(f"nodes[{k}].limit_a", n.limit_a, steps)
     for k, n in enumerate(sc.nodes):
         seen = {n.id}
-        p = n.parent
-        while p is not None:
-            if p in seen:
+        up = n.parent
+        while up is not None:
+            if up in seen:
                 raise NodeCycle(f"nodes[{k}].parent", n.parent, f"node cycle through {n.id!r}")
-            seen.add(p)
-            p = parent[p]
+            seen.add(up)
+            up = parent[up]
 
     connectors: dict[str, Connector] = {}
     for k, st in enumerate(sc.stations):
@@ -230,7 +233,9 @@ def validate_scenario(sc: Scenario) -> None:
         _check_limit(f"stations[{k}].limit_a", st.limit_a, steps)
         for j, c in enumerate(st.connector_list()):
             if c.id in connectors:
-                raise DuplicateId(f"stations[{k}].connectors[{j}].id", c.id, "duplicate connector id")
+                raise DuplicateId(
+                    f"stations[{k}].connectors[{j}].id", c.id, "duplicate connector id"
+                )
             if st.min_current_a > c.limit_a:
                 raise ScenarioError(
                     f"stations[{k}].min_current_a",
@@ -254,7 +259,7 @@ def validate_scenario(sc: Scenario) -> None:
         by_connector.setdefault(s.connector, []).append((s.arrival, s.departure_or_default, k))
     for cid, spans in by_connector.items():
         spans.sort()
-        for (_, dep0, k0), (arr1, _, k1) in zip(spans, spans[1:], strict=False):
+        for (_, dep0, k0), (arr1, _, k1) in pairwise(spans):
             if arr1 < dep0:
                 raise OverlappingSessions(
                     f"sessions[{k1}].arrival",
@@ -262,13 +267,13 @@ def validate_scenario(sc: Scenario) -> None:
                     f"overlaps session {sc.sessions[k0].id!r} on connector {cid!r}",
                 )
 
-    for k, p in enumerate(sc.dso_profiles):
-        if p.node not in node_ids:
-            raise UnknownReference(f"dso_profiles[{k}].node", p.node, "unknown node")
-        if p.cap_kw is None and p.target_kw is None:
-            raise ScenarioError(f"dso_profiles[{k}]", p.node, "needs cap_kw or target_kw")
-        _check_limit(f"dso_profiles[{k}].cap_kw", p.cap_kw, steps)
-        _check_limit(f"dso_profiles[{k}].target_kw", p.target_kw, steps)
+    for k, prof in enumerate(sc.dso_profiles):
+        if prof.node not in node_ids:
+            raise UnknownReference(f"dso_profiles[{k}].node", prof.node, "unknown node")
+        if prof.cap_kw is None and prof.target_kw is None:
+            raise ScenarioError(f"dso_profiles[{k}]", prof.node, "needs cap_kw or target_kw")
+        _check_limit(f"dso_profiles[{k}].cap_kw", prof.cap_kw, steps)
+        _check_limit(f"dso_profiles[{k}].target_kw", prof.target_kw, steps)
     if sc.prices_eur_per_mwh is not None and len(sc.prices_eur_per_mwh) != steps:
         raise BadLength(
             "prices_eur_per_mwh",

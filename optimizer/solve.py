@@ -117,7 +117,11 @@ def solve_lp(
     solve_s = 0.0
     for round_ in range(MAX_REPAIR_ROUNDS):
         if time_limit_s is not None and time.perf_counter() - t0 > time_limit_s:
-            return None, info, f"time limit of {time_limit_s} s reached during repair round {round_}"
+            return (
+                None,
+                info,
+                f"time limit of {time_limit_s} s reached during repair round {round_}",
+            )
         if progress:
             progress(f"solving round {round_ + 1}")
         solution = twin.solve()
@@ -159,13 +163,21 @@ def solve_network(
     t0 = time.perf_counter()
     if method == "uncontrolled":
         cur = uncontrolled_currents_a(net)
-        info = {"name": "uncontrolled", "time_s": round(time.perf_counter() - t0, 4),
-                "objective": None, "gap": None}
+        info = {
+            "name": "uncontrolled",
+            "time_s": round(time.perf_counter() - t0, 4),
+            "objective": None,
+            "gap": None,
+        }
         return build_schedule(net, cur, method=method, status="feasible", solver=info)
     if method == "greedy":
         cur = greedy_currents_a(net)
-        info = {"name": "greedy", "time_s": round(time.perf_counter() - t0, 4),
-                "objective": None, "gap": None}
+        info = {
+            "name": "greedy",
+            "time_s": round(time.perf_counter() - t0, 4),
+            "objective": None,
+            "gap": None,
+        }
         return build_schedule(net, cur, method=method, status="feasible", solver=info)
 
     cur_lp, info, reason = solve_lp(
@@ -182,9 +194,7 @@ def solve_network(
             progress("falling back to greedy")
         cur = greedy_currents_a(net)
         info.update(time_s=round(time.perf_counter() - t0, 4), objective=None, gap=None)
-        return build_schedule(
-            net, cur, method=label, status="fallback", solver=info, reason=reason
-        )
+        return build_schedule(net, cur, method=label, status="fallback", solver=info, reason=reason)
     status = "optimal" if info.get("termination") == "optimal" else "feasible"
     return build_schedule(net, cur_lp, method=label, status=status, solver=info)
 

@@ -79,7 +79,10 @@ def schedule_json_schema() -> dict[str, Any]:
 
 def write_schemas() -> None:
     """Rewrite the shipped schema files from the models."""
-    for name, schema in (("scenario", scenario_json_schema()), ("schedule", schedule_json_schema())):
+    for name, schema in (
+        ("scenario", scenario_json_schema()),
+        ("schedule", schedule_json_schema()),
+    ):
         (HERE / f"{name}.schema.json").write_text(json.dumps(schema, indent=2) + "\n")
 
 

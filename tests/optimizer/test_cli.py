@@ -23,8 +23,9 @@ def scenario_file(tmp_path: Path) -> Path:
 
 def test_schedule_then_check_ok(scenario_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "schedule.json"
-    res = runner.invoke(app, ["schedule", str(scenario_file), "-o", str(out), "--profiles",
-                              "ocpp16,ocpi"])
+    res = runner.invoke(
+        app, ["schedule", str(scenario_file), "-o", str(out), "--profiles", "ocpp16,ocpi"]
+    )
     assert res.exit_code == 0, res.output
     sch = json.loads(out.read_text())
     assert sch["format"] == "gridcharge.schedule/1"

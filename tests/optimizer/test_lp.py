@@ -90,8 +90,20 @@ def test_cap_shared_fairly_between_equal_sessions() -> None:
     cap = [13.8] * 8
     raw = scenario(
         [
-            {"id": "a", "connector": "st-1", "arrival": t(0), "departure": t(120), "energy_kwh": 30},
-            {"id": "b", "connector": "st2-1", "arrival": t(0), "departure": t(120), "energy_kwh": 30},
+            {
+                "id": "a",
+                "connector": "st-1",
+                "arrival": t(0),
+                "departure": t(120),
+                "energy_kwh": 30,
+            },
+            {
+                "id": "b",
+                "connector": "st2-1",
+                "arrival": t(0),
+                "departure": t(120),
+                "energy_kwh": 30,
+            },
         ],
         dso_profiles=[{"node": "r", "cap_kw": cap}],
     )
@@ -126,8 +138,14 @@ def test_price_shifts_energy_to_cheap_steps() -> None:
     prices = [300.0, 300.0, 10.0, 10.0, 300.0, 300.0, 300.0, 300.0]
     raw = scenario(
         [
-            {"id": "a", "connector": "st-1", "arrival": t(0), "departure": t(120),
-             "energy_kwh": 5, "pause_consent": True}
+            {
+                "id": "a",
+                "connector": "st-1",
+                "arrival": t(0),
+                "departure": t(120),
+                "energy_kwh": 5,
+                "pause_consent": True,
+            }
         ],
         prices_eur_per_mwh=prices,
     )
@@ -146,8 +164,16 @@ def test_price_shifts_energy_to_cheap_steps() -> None:
 def test_target_is_tracked() -> None:
     target = [0, 0, 0, 0, 11.04, 11.04, 0, 0]
     raw = scenario(
-        [{"id": "a", "connector": "st-1", "arrival": t(0), "departure": t(120), "energy_kwh": 5.52,
-          "pause_consent": True}],
+        [
+            {
+                "id": "a",
+                "connector": "st-1",
+                "arrival": t(0),
+                "departure": t(120),
+                "energy_kwh": 5.52,
+                "pause_consent": True,
+            }
+        ],
         dso_profiles=[{"node": "r", "target_kw": target}],
     )
     sch = solve_checked(raw)

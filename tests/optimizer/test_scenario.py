@@ -130,10 +130,18 @@ def test_seed_rule_emerges_from_limits() -> None:
 
     sc = base()
     sc["sessions"] = [
-        {"id": "a", "connector": "st-1", "arrival": "2026-11-25T00:00:00+01:00",
-         "departure": "2026-11-25T02:00:00+01:00"},
-        {"id": "b", "connector": "st-2", "arrival": "2026-11-25T01:00:00+01:00",
-         "departure": "2026-11-25T02:00:00+01:00"},
+        {
+            "id": "a",
+            "connector": "st-1",
+            "arrival": "2026-11-25T00:00:00+01:00",
+            "departure": "2026-11-25T02:00:00+01:00",
+        },
+        {
+            "id": "b",
+            "connector": "st-2",
+            "arrival": "2026-11-25T01:00:00+01:00",
+            "departure": "2026-11-25T02:00:00+01:00",
+        },
     ]
     sc["nodes"][1].pop("limit_kw")
     net = compile_network(parse_scenario(sc))
