@@ -160,6 +160,10 @@ def build_problem(net: Network, weights: Weights | None = None) -> ChargingProbl
     mandatory = np.where(has_need[var_session], pos < surely_not_full[var_session], True)
     mandatory &= ~net.pause_consent[var_session]
     lo = np.where(mandatory, req, 0.0)
+    # a car that needs nothing (already full) takes nothing and has no energy row
+    full = need_eff[var_session] <= 1e-9
+    hi[full] = 0.0
+    lo[full] = 0.0
 
     # front-loading: relative position in the stay, in (0, 1]
     front = (pos + 1.0) / np.maximum(stay[var_session], 1.0)

@@ -17,12 +17,15 @@ from optimizer.uncontrolled import node_power_kw
 
 SCHEDULE_FORMAT = "gridcharge.schedule/1"
 CURRENT_DECIMALS = 4
-TOL = 1e-6
+TOL = 1e-4
+"""Excess [A] or [kW] below which a limit counts as held (the checker allows 1e-3)."""
 
 
 def round_currents(current_a: np.ndarray) -> np.ndarray:
-    """Currents as written to the file (1e-4 A), never negative."""
-    return np.maximum(np.round(current_a, CURRENT_DECIMALS), 0.0)
+    """Currents as written to the file: rounded down to 1e-4 A, so rounding never creates an
+    excess over a limit; never negative."""
+    scale = 10.0**CURRENT_DECIMALS
+    return np.maximum(np.floor(current_a * scale + 1e-6) / scale, 0.0)
 
 
 def session_energy_kwh(net: Network, current_a: np.ndarray) -> np.ndarray:

@@ -59,8 +59,10 @@ def repair_bounds(problem: ChargingProblem, current_a: np.ndarray) -> tuple[np.n
     s_dip, t_dip = np.nonzero(dips)
     if s_dip.size == 0:
         return np.zeros(0, np.int64), np.zeros(0)
-    sessions, first_idx = np.unique(s_dip, return_index=True)  # earliest dip per session
-    t_end = t_dip[first_idx]
+    sessions = np.unique(s_dip)
+    t_end = np.zeros(net.n_sessions, dtype=np.int64)
+    np.maximum.at(t_end, s_dip, t_dip)  # latest dip per session
+    t_end = t_end[sessions]
     start = net.first[sessions]
     lengths = t_end - start + 1
     s_rep = np.repeat(sessions, lengths)
