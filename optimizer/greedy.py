@@ -10,7 +10,6 @@ headroom ratio of the groups it belongs to, a few rounds at a time, so no limit 
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 
 from optimizer.network import Network
 from optimizer.problem import required_level_a
@@ -46,9 +45,10 @@ def greedy_currents_a(net: Network) -> np.ndarray:
     kwh_per_a = net.kw_per_a * net.dt_h
     req_all = required_level_a(net)
     coef = net.groups.coef.tocsr()
-    member = coef.copy()
-    member.data = np.ones_like(member.data)
-    member_t = member.T.tocsr()
+    member_t = coef.T.tocsr()  # sessions × groups: the groups each session belongs to
+    indptr = member_t.indptr
+    group_of = member_t.indices
+    n_groups = np.diff(indptr)
     max_step_kwh = net.max_a * kwh_per_a
 
     for t in range(steps):
@@ -64,21 +64,28 @@ def greedy_currents_a(net: Network) -> np.ndarray:
         idx = np.nonzero(active)[0]
         order = idx[np.argsort(laxity[idx], kind="stable")]
         for bucket in np.array_split(order, min(BUCKETS, order.size)):
+            free = bucket[n_groups[bucket] == 0]  # in no limit group: only its own bounds
+            alloc[free] = hi[free]
+            bucket = bucket[n_groups[bucket] > 0]
+            # flat positions of the bucket's group memberships, and where each session starts
+            lens = n_groups[bucket]
+            starts = np.cumsum(lens) - lens
+            flat = np.repeat(indptr[bucket] - starts, lens) + np.arange(lens.sum())
+            groups_flat = group_of[flat]
             want = np.zeros(n)
             want[bucket] = hi[bucket] - alloc[bucket]
             for _ in range(ROUNDS):
-                if want.max(initial=0.0) <= 1e-9:
+                if bucket.size == 0 or want[bucket].max() <= 1e-9:
                     break
                 headroom = np.maximum(limit - coef @ alloc, 0.0)
                 demand = coef @ want
                 with np.errstate(divide="ignore", invalid="ignore"):
                     ratio = np.where(demand > 1e-12, np.minimum(headroom / demand, 1.0), 1.0)
                 # a session's factor: the tightest ratio among its groups
-                shortfall = member_t.multiply(sp.csr_matrix(1.0 - ratio)).tocsr()
-                factor = 1.0 - np.asarray(shortfall.max(axis=1).todense()).ravel()
-                give = want * factor
-                alloc += give
-                want -= give
+                factor = np.minimum.reduceat(ratio[groups_flat], starts)
+                give = want[bucket] * factor
+                alloc[bucket] += give
+                want[bucket] -= give
         # a pause-consent session that could not reach its level is paused (frees headroom)
         below = net.pause_consent & (alloc < np.minimum(req_all[:, t], hi) - 1e-9)
         alloc[below] = 0.0

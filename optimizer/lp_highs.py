@@ -115,7 +115,7 @@ class HighsTwin:
 
         costs = objective_columns(p)
         cost = np.concatenate([costs["i"], costs["u"], costs["slack"], costs["dev"], np.zeros(n_b)])
-        seg_ub = np.repeat(p.need_eff_kwh / K, K)
+        seg_ub = p.u_hi_kwh
         col_lo = np.concatenate([p.i_lo_a, np.zeros(n_e * K + n_l + 2 * n_t + n_b)])
         col_hi = np.concatenate([p.i_hi_a, seg_ub, np.full(n_l + 2 * n_t, _INF), np.ones(n_b)])
 

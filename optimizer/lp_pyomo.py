@@ -52,7 +52,7 @@ def add_energy_balance(m: pyo.ConcreteModel, p: ChargingProblem) -> None:
     n_e = p.energy_session.size
     m.E = pyo.RangeSet(0, n_e - 1) if n_e else pyo.Set(initialize=[])
     m.K = pyo.RangeSet(0, K - 1)
-    m.u = pyo.Var(m.E, m.K, bounds=lambda _m, e, k: (0.0, float(p.need_eff_kwh[e]) / K))
+    m.u = pyo.Var(m.E, m.K, bounds=lambda _m, e, k: (0.0, float(p.u_hi_kwh[e * K + k])))
     rows = p.energy_rows
 
     def rule(_m: pyo.ConcreteModel, e: int) -> object:

@@ -70,6 +70,9 @@ class ChargingProblem:
         Sessions with an energy balance row (``need_eff_kwh > 0``).
     need_eff_kwh : numpy.ndarray
         Energy each of those sessions should get [kWh]: its need, or what it could take at most.
+    u_hi_kwh : numpy.ndarray
+        Upper bound of each shortfall segment ``u[e, k]`` (flat, ``e·K + k``) [kWh]: ``E/K``, or
+        0 for a session the anchor fills (it must be full by the anchor's fill step).
     limit_rows : scipy.sparse.csr_matrix
         ``rows × vars``, one row per (limit group, step) that can bind.
     limit_rhs : numpy.ndarray
@@ -96,6 +99,7 @@ class ChargingProblem:
     kw_per_a: np.ndarray
     energy_session: np.ndarray
     need_eff_kwh: np.ndarray
+    u_hi_kwh: np.ndarray
     energy_rows: sp.csr_matrix
     limit_rows: sp.csr_matrix
     limit_rhs: np.ndarray
@@ -131,8 +135,23 @@ def required_level_a(net: Network) -> np.ndarray:
     return np.minimum(req, net.max_a[:, None])
 
 
-def build_problem(net: Network, weights: Weights | None = None) -> ChargingProblem:
-    """Arrays of the scheduling LP for a compiled network."""
+def build_problem(
+    net: Network, weights: Weights | None = None, anchor_a: np.ndarray | None = None
+) -> ChargingProblem:
+    """Arrays of the scheduling LP for a compiled network.
+
+    Parameters
+    ----------
+    net : Network
+    weights : Weights, optional
+    anchor_a : numpy.ndarray, optional
+        A schedule that obeys the no-pause rule (``sessions × steps`` [A], e.g. the greedy
+        one). It fixes each car's charging window: a car the anchor fills must be full by the
+        end of the anchor's fill step (no current after it, no shortfall), and in every step
+        before it the lower bound is ``min(no-pause level, anchor)``. Within the window the LP
+        chooses the currents freely. The LP then obeys the no-pause rule by construction, and
+        since the anchor meets every bound the LP optimum is never worse than the anchor.
+    """
     w = weights or Weights()
     dt_h = net.dt_h
     present = net.presence()
@@ -160,6 +179,20 @@ def build_problem(net: Network, weights: Weights | None = None) -> ChargingProbl
     mandatory = np.where(has_need[var_session], pos < surely_not_full[var_session], True)
     mandatory &= ~net.pause_consent[var_session]
     lo = np.where(mandatory, req, 0.0)
+    K = len(UNMET_SEGMENT_SLOPES)
+    u_hi = np.repeat(need_eff / K, K).reshape(-1, K)
+    if anchor_a is not None:
+        anchored = np.minimum(req, anchor_a[var_session, var_step])
+        anchored[net.pause_consent[var_session]] = 0.0
+        lo = np.maximum(lo, anchored)
+        # sessions the anchor fills: nothing after the fill step, and no shortfall
+        e_cum = np.cumsum(anchor_a * (net.kw_per_a * dt_h)[:, None], axis=1)
+        fills = (e_cum[:, -1] >= need_eff - 1e-6) & (need_eff > 1e-9) & ~net.pause_consent
+        fill_step = np.argmax(e_cum >= (need_eff - 1e-6)[:, None], axis=1)
+        after = fills[var_session] & (var_step > fill_step[var_session])
+        hi[after] = 0.0
+        lo[after] = 0.0
+        u_hi[fills] = 0.0
     # a car that needs nothing (already full) takes nothing and has no energy row
     full = need_eff[var_session] <= 1e-9
     hi[full] = 0.0
@@ -196,6 +229,7 @@ def build_problem(net: Network, weights: Weights | None = None) -> ChargingProbl
         kw_per_a=kw,
         energy_session=energy_session,
         need_eff_kwh=need_eff[energy_session],
+        u_hi_kwh=u_hi[energy_session].ravel(),
         energy_rows=energy_rows,
         limit_rows=limit_rows,
         limit_rhs=limit_rhs,

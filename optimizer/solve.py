@@ -1,13 +1,15 @@
 """Schedule a scenario with one method: ``lp`` (``milp`` when pausing is allowed), ``greedy`` or
 ``uncontrolled``.
 
-The LP cannot express "at least the minimum current *while the car still needs energy*" exactly
-(when a car becomes full is itself a decision). The LP therefore starts with the minimum as a
-bound only in the steps before the car could possibly be full, and a short repair loop raises the
-lower bound wherever the solution dips below the no-pause level of a car that is not yet full,
-then re-solves warm. The result obeys the rule exactly; it is optimal for the LP with those bounds.
-If the solver fails, runs out of time without a valid schedule, or the repair does not settle,
-the greedy schedule is published with status ``fallback`` and the reason.
+The LP cannot express "at least the minimum current *while the car still needs energy*" exactly:
+when a car becomes full is itself a decision (a disjunction). The greedy schedule, which obeys the
+rule, decides it: every car the greedy fills must be full by the end of the greedy's fill step,
+and before that it gets at least its no-pause level (see :func:`optimizer.problem.build_problem`,
+``anchor_a``). Within those windows the LP chooses every current. The result obeys the rule by
+construction and is never worse than greedy under the LP's objective (that is checked). A safety
+loop pins any session that still breaks the rule to its greedy floor and re-solves warm; with the
+anchored bounds it finds nothing to do. If the solver fails or runs out of time, the greedy
+schedule is published with status ``fallback`` and the reason.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 from optimizer.greedy import greedy_currents_a
 from optimizer.lp_highs import HighsTwin, LpSolution
 from optimizer.network import Network, compile_network
-from optimizer.problem import ChargingProblem, Weights, build_problem
+from optimizer.problem import ChargingProblem, Weights, build_problem, objective_value
 from optimizer.result import build_schedule, no_pause_dips
 from optimizer.scenario import Scenario
 from optimizer.uncontrolled import uncontrolled_currents_a
@@ -29,6 +31,8 @@ from optimizer.uncontrolled import uncontrolled_currents_a
 METHODS = ("lp", "milp", "greedy", "uncontrolled")
 BACKENDS = ("highs", "pyomo")
 MAX_REPAIR_ROUNDS = 12
+ESCALATE_ROUND = 3
+"""From this repair round on, sessions behind the anchor are pinned too (bounds the rounds)."""
 
 Progress = Callable[[str], None]
 
@@ -46,48 +50,35 @@ def make_twin(
     raise ValueError(f"backend: unknown backend {backend!r} (choose from {BACKENDS})")
 
 
-def repair_bounds(problem: ChargingProblem, current_a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """New lower bounds where the solution breaks the no-pause rule.
+def repair_bounds(
+    problem: ChargingProblem, current_a: np.ndarray, anchor_a: np.ndarray, escalate: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """New lower bounds for the sessions whose solution breaks the no-pause rule.
 
-    A car below its no-pause level at step ``t`` while not yet full must have been charging at
-    that level since plug-in, so the level becomes the lower bound of every step from plug-in
-    through the session's earliest dip. The bounded prefix is filled in time order within the
-    energy the session should get, so its last step may be a partial one (the car is then full).
+    Such a session is pinned to at least the anchor schedule (the greedy one, which obeys the
+    rule): its lower bound becomes the anchor's current in every step. The LP may still give it
+    more where its need allows, but then it is full no earlier than its last anchored step, so
+    it cannot dip again. The anchor stays feasible for every bound, so each round's optimum is
+    never worse than the anchor.
     """
     net = problem.net
     dips = no_pause_dips(net, current_a)
-    s_dip, t_dip = np.nonzero(dips)
-    if s_dip.size == 0:
+    sessions = np.unique(np.nonzero(dips)[0])
+    if sessions.size == 0:
         return np.zeros(0, np.int64), np.zeros(0)
-    sessions = np.unique(s_dip)
-    t_end = np.zeros(net.n_sessions, dtype=np.int64)
-    np.maximum.at(t_end, s_dip, t_dip)  # latest dip per session
-    t_end = t_end[sessions]
-    start = net.first[sessions]
-    lengths = t_end - start + 1
-    s_rep = np.repeat(sessions, lengths)
-    group_start = np.repeat(np.cumsum(lengths) - lengths, lengths)
-    t_rep = np.repeat(start, lengths) + np.arange(lengths.sum()) - group_start
-    var = problem.var_of[s_rep, t_rep]
-    req = problem.i_req_a[var]
-    kwh = problem.kwh_per_a[var]
+    if escalate:
+        # also pin every session that falls behind the anchor's cumulative energy: only those
+        # can become dips in the next round
+        kwh = (net.kw_per_a * net.dt_h)[:, None]
+        behind = np.cumsum(current_a * kwh, axis=1) < np.cumsum(anchor_a * kwh, axis=1) - 1e-3
+        behind[net.pause_consent] = False
+        sessions = np.union1d(sessions, np.nonzero(behind.any(axis=1))[0])
+    pin = np.isin(problem.var_session, sessions)
+    var = np.nonzero(pin)[0]
     old = problem.i_lo_a[var]
-
-    budget = np.full(net.n_sessions, np.inf)
-    budget[problem.energy_session] = problem.need_eff_kwh
-    forced_all = np.bincount(
-        problem.var_session, weights=problem.i_lo_a * problem.kwh_per_a, minlength=net.n_sessions
-    )
-    forced_prefix = np.bincount(s_rep, weights=old * kwh, minlength=net.n_sessions)
-    room = budget - (forced_all - forced_prefix)  # energy the prefix may be forced to take
-    want = req * kwh
-    cum = np.cumsum(want)
-    g0 = np.cumsum(lengths) - lengths
-    before = cum - want - np.repeat(cum[g0] - want[g0], lengths)
-    lo = np.clip((room[s_rep] - before) / kwh, 0.0, req)
-    new_lo = np.maximum(old, lo)
-    changed = new_lo > old + 1e-9
-    return var[changed], new_lo[changed]
+    new = np.maximum(old, anchor_a[problem.var_session[var], problem.var_step[var]])
+    changed = new > old + 1e-9
+    return var[changed], new[changed]
 
 
 def solve_lp(
@@ -106,7 +97,19 @@ def solve_lp(
     (currents or None, solver info, failure reason or None)
     """
     t0 = time.perf_counter()
-    problem = build_problem(net, weights)
+    greedy = greedy_currents_a(net)
+    problem = build_problem(net, weights, anchor_a=greedy)
+    if problem.n_vars == 0:
+        info = {
+            "name": "none",
+            "rounds": 0,
+            "variables": 0,
+            "termination": "optimal",
+            "objective": 0.0,
+            "gap": 0.0,
+            "time_s": round(time.perf_counter() - t0, 4),
+        }
+        return np.zeros((net.n_sessions, net.steps)), info, None
     twin = make_twin(problem, backend, time_limit_s, mip_rel_gap)
     info: dict[str, Any] = {
         "name": twin.name,
@@ -132,13 +135,25 @@ def solve_lp(
         if solution.status == "failed":
             return None, info, f"solver failed in round {round_ + 1}"
         current = problem.currents(solution.x)
-        var, lo = repair_bounds(problem, current)
+        var, lo = repair_bounds(problem, current, greedy, escalate=round_ + 1 >= ESCALATE_ROUND)
         if var.size == 0:
             break
         twin.set_current_lower(var, lo)
     else:
         return None, info, f"no-pause repair did not settle in {MAX_REPAIR_ROUNDS} rounds"
     assert solution is not None
+    current = problem.currents(solution.x)
+    # safety net: the repair rounds add bounds the greedy schedule may not meet; publish the
+    # LP only if it is at least as good as greedy under the same objective
+    lp_value = objective_value(problem, current)
+    greedy_value = objective_value(problem, greedy)
+    info["greedy_objective"] = greedy_value
+    if lp_value > greedy_value + 1e-6 * max(1.0, abs(greedy_value)):
+        return (
+            None,
+            info,
+            (f"greedy scored better than the repaired LP ({greedy_value:.6g} < {lp_value:.6g})"),
+        )
     info.update(
         time_s=round(time.perf_counter() - t0, 4),
         solve_s=round(solve_s, 4),
@@ -146,7 +161,7 @@ def solve_lp(
         gap=solution.gap,
         termination=solution.status,
     )
-    return problem.currents(solution.x), info, None
+    return current, info, None
 
 
 def solve_network(

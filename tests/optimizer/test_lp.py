@@ -261,3 +261,13 @@ def test_tiny_time_limit_falls_back_to_greedy_and_passes_the_checker() -> None:
 def test_every_method_reports_every_excess(method: str) -> None:
     for seed in range(8):
         solve_checked(random_scenario(100 + seed, stations=6, steps=16), method)
+
+
+def test_a_full_car_takes_nothing() -> None:
+    raw = scenario(
+        [{"id": "a", "connector": "st-1", "arrival": t(0), "departure": t(120), "energy_kwh": 0}]
+    )
+    for method in ("lp", "greedy", "uncontrolled"):
+        sch = solve_checked(raw, method)
+        assert sch["sessions"]["a"]["energy_kwh"] == 0.0
+        assert sch["sessions"]["a"]["unmet_kwh"] == 0.0

@@ -32,7 +32,7 @@ def test_checker_finds_no_unexplained_violation(
     # a schedule without reported violations is fully valid
     if not sch["violations"]:
         assert found == []
-        assert sch["status"] in ("optimal", "feasible")
+        assert sch["status"] in ("optimal", "feasible", "fallback")
     else:
         assert sch["status"] in ("infeasible_limits", "fallback")
 
@@ -40,7 +40,7 @@ def test_checker_finds_no_unexplained_violation(
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(min_value=0, max_value=2**31 - 1))
 def test_lp_objective_never_worse_than_greedy(seed: int) -> None:
-    """Greedy schedules obey the LP's initial bounds, so a first-round LP optimum is no worse."""
+    """The LP is anchored on the greedy schedule and checked against it: never worse."""
     import numpy as np
 
     from optimizer.problem import build_problem, objective_value
@@ -48,13 +48,15 @@ def test_lp_objective_never_worse_than_greedy(seed: int) -> None:
     raw = random_scenario(seed, stations=4, steps=16)
     net = compile_network(parse_scenario(raw))
     lp = solve_network(net, "lp")
-    if lp["solver"].get("rounds") != 1 or lp["violations"]:
-        # repair bounds restrict the LP, and with violations the written currents' rounding
-        # (1e-4 A) is amplified by the slack penalty: the comparison is not exact there
+    if lp["violations"]:
+        # with violations the written currents' rounding (1e-4 A) is amplified by the slack
+        # penalty, so the comparison of written schedules is not exact there
         return
     greedy = solve_network(net, "greedy")
     cur = np.array([greedy["sessions"][s]["current_a"] for s in net.session_ids])
     cur_lp = np.array([lp["sessions"][s]["current_a"] for s in net.session_ids])
     p = build_problem(net)
-    assert objective_value(p, cur_lp) <= objective_value(p, cur) + 1e-3
-    assert abs(objective_value(p, cur_lp) - lp["solver"]["objective"]) <= 1e-2
+    # written currents are rounded down to 1e-4 A; the shortfall penalty amplifies that a little
+    tol = 0.05 + 1e-5 * abs(lp["solver"]["objective"])
+    assert objective_value(p, cur_lp) <= objective_value(p, cur) + tol
+    assert abs(objective_value(p, cur_lp) - lp["solver"]["objective"]) <= tol
