@@ -100,7 +100,7 @@ def solve_lp(
     greedy = greedy_currents_a(net)
     problem = build_problem(net, weights, anchor_a=greedy)
     if problem.n_vars == 0:
-        info = {
+        empty: dict[str, Any] = {
             "name": "none",
             "rounds": 0,
             "variables": 0,
@@ -109,7 +109,7 @@ def solve_lp(
             "gap": 0.0,
             "time_s": round(time.perf_counter() - t0, 4),
         }
-        return np.zeros((net.n_sessions, net.steps)), info, None
+        return np.zeros((net.n_sessions, net.steps)), empty, None
     twin = make_twin(problem, backend, time_limit_s, mip_rel_gap)
     info: dict[str, Any] = {
         "name": twin.name,
