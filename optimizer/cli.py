@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -50,32 +51,31 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def summary_table(schedules: dict[str, dict[str, Any]], title: str = "Schedule") -> Table:
-    """Energy, unmet energy, peak per region vs cap, violations and time per schedule."""
-    table = Table(title=title)
-    table.add_column("method")
-    table.add_column("status")
-    table.add_column("delivered kWh", justify="right")
-    table.add_column("unmet kWh", justify="right")
-    table.add_column("fully served", justify="right")
-    table.add_column("peak kW / cap kW (per region)")
-    table.add_column("violations", justify="right")
-    table.add_column("time s", justify="right")
-    for name, sch in schedules.items():
-        k = sch["kpis"]
-        peaks = ", ".join(
-            f"{r}: {p:,.0f}" + (f"/{k['cap_kw'][r]:,.0f}" if r in k["cap_kw"] else "")
-            for r, p in k["peak_kw"].items()
-        )
-        table.add_row(
-            name,
-            sch["status"],
-            f"{k['energy_delivered_kwh']:,.1f}",
-            f"{k['unmet_kwh']:,.1f}",
-            f"{100 * k['sessions_fully_served']:.1f} %",
-            peaks,
-            str(k["violations"]),
-            f"{sch['solver'].get('time_s', 0):.2f}",
-        )
+    """Energy, unmet energy, peak vs DSO cap, violations and time; one column per schedule.
+
+    ``cap use`` is the highest ratio of aggregate power to the DSO cap over all capped nodes
+    and steps (100 % = the cap binds; above = exceeded).
+    """
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    table.add_column("")
+    for name in schedules:
+        table.add_column(name, justify="right", no_wrap=True)
+
+    def row(label: str, fmt: Any) -> None:
+        table.add_row(label, *(fmt(s["kpis"], s) for s in schedules.values()))
+
+    def cap_use(k: dict[str, Any]) -> str:
+        use = max(k.get("cap_use_max", {}).values(), default=None)
+        return "—" if use is None else f"{100 * use:.1f} %"
+
+    row("status", lambda k, s: s["status"])
+    row("delivered kWh", lambda k, s: f"{k['energy_delivered_kwh']:,.1f}")
+    row("unmet kWh", lambda k, s: f"{k['unmet_kwh']:,.1f}")
+    row("fully served", lambda k, s: f"{100 * k['sessions_fully_served']:.1f} %")
+    row("peak kW", lambda k, s: f"{sum(k['peak_kw'].values()):,.0f}")
+    row("max power / DSO cap", lambda k, s: cap_use(k))
+    row("violations", lambda k, s: str(k["violations"]))
+    row("time s", lambda k, s: f"{s['solver'].get('time_s') or 0:.2f}")
     return table
 
 

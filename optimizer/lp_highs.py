@@ -8,6 +8,8 @@ that a bound change re-solves warm from the previous basis.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -18,6 +20,27 @@ import scipy.sparse as sp
 from optimizer.problem import UNMET_SEGMENT_SLOPES, ChargingProblem
 
 _INF = highspy.kHighsInf
+
+
+def _silence_banner() -> None:
+    """HiGHS prints a licence banner to the C-level stdout the first time a solver is made in a
+    process; make that first one with stdout pointed at /dev/null so schedules and tables stay
+    clean. Later instances print nothing (``output_flag`` is off)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+try:
+    _silence_banner()
+except OSError:  # pragma: no cover - no file descriptors to juggle (embedded interpreters)
+    pass
 
 
 @dataclass

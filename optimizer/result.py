@@ -160,6 +160,10 @@ def kpis(
         "min_served_share": round(float(share.min()) if share.size else 1.0, 4),
         "peak_kw": {r: round(float(power[r].max(initial=0.0)), 3) for r in roots},
         "cap_kw": {n: round(float(c.min()), 3) for n, c in net.cap_kw.items()},
+        "cap_use_max": {
+            n: round(float(np.max(power[n] / np.maximum(c, 1e-9))), 4)
+            for n, c in net.cap_kw.items()
+        },
         "violations": len(violations),
     }
     if net.target_nodes:
