@@ -1,0 +1,49 @@
+"""The demo end to end on a small network, and the scenario generator's command line."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from rich.console import Console
+from typer.testing import CliRunner
+
+from optimizer.checker import check_schedule
+from optimizer.cli import app
+from optimizer.demo import run_demo
+
+runner = CliRunner()
+
+
+def test_demo_writes_report_and_passes_the_checker(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    code = run_demo(out=out, stations=60, seed=2, console=Console(file=io.StringIO()))
+    assert code == 0
+    for name in ("README.md", "region_power.png", "station_currents.png", "scenario.json"):
+        assert (out / name).stat().st_size > 0, name
+    raw = json.loads((out / "scenario.json").read_text())
+    lp = json.loads((out / "schedule-lp.json").read_text())
+    unc = json.loads((out / "schedule-uncontrolled.json").read_text())
+    assert check_schedule(raw, lp) == []
+    # uncontrolled charging ignores the DSO cap, the optimiser keeps it
+    assert unc["kpis"]["cap_use_max"]["region-01"] > 1.0
+    assert lp["kpis"]["cap_use_max"]["region-01"] <= 1.0 + 1e-6
+    assert "| lp | optimal |" in (out / "README.md").read_text()
+
+
+def test_generate_cli(tmp_path: Path) -> None:
+    out = tmp_path / "sc.json"
+    res = runner.invoke(
+        app, ["scenario", "generate", "--stations", "30", "--seed", "4", "-o", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["format"] == "gridcharge.scenario/1"
+    for args, needle in (
+        (["--date", "25-11-2026"], "--date"),
+        (["--stations", "0"], "--stations"),
+        (["--dso-scale", "-1"], "--dso-scale"),
+    ):
+        res = runner.invoke(app, ["scenario", "generate", *args, "-o", str(tmp_path / "x.json")])
+        assert res.exit_code == 2 and needle in res.stderr, res.stderr
+        assert not (tmp_path / "x.json").exists()
