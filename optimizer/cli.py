@@ -136,8 +136,12 @@ def schedule(
         )
     if formats:
         from optimizer.emit import attach_profiles
+        from optimizer.profiles import ProfileError
 
-        attach_profiles(net, result, formats)
+        try:
+            attach_profiles(net, result, formats)
+        except ProfileError as exc:
+            raise fail(f"--profiles: {exc}") from None
     _write_json(output, result)
     console.print(summary_table({method: result}, title=f"{scenario.name} → {output}"))
 
