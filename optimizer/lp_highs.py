@@ -8,6 +8,7 @@ that a bound change re-solves warm from the previous basis.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -37,10 +38,8 @@ def _silence_banner() -> None:
         os.close(saved)
 
 
-try:
+with contextlib.suppress(OSError):  # no file descriptors to juggle (embedded interpreters)
     _silence_banner()
-except OSError:  # pragma: no cover - no file descriptors to juggle (embedded interpreters)
-    pass
 
 
 @dataclass
