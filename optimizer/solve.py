@@ -29,6 +29,8 @@ from optimizer.scenario import Scenario
 from optimizer.uncontrolled import uncontrolled_currents_a
 
 METHODS = ("lp", "milp", "greedy", "uncontrolled")
+DEFAULT_MILP_TIME_LIMIT_S = 60.0
+"""Budget of a solve with binaries (pause-consent sessions) when none is given [s]."""
 BACKENDS = ("highs", "pyomo")
 MAX_REPAIR_ROUNDS = 12
 ESCALATE_ROUND = 3
@@ -197,6 +199,8 @@ def solve_network(
         }
         return build_schedule(net, cur, method=method, status="feasible", solver=info)
 
+    if time_limit_s is None and net.pause_consent.any():
+        time_limit_s = DEFAULT_MILP_TIME_LIMIT_S
     cur_lp, info, reason = solve_lp(
         net,
         backend=backend,
