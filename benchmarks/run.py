@@ -50,22 +50,33 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}"
 
 
-def _product_path(stations: int, seed: int) -> None:
-    """Generate and schedule with lp in this (child) process, for its peak memory."""
+def vm_hwm_mb() -> float:
+    """Peak resident memory [MB] of this process image (``VmHWM``; reset by exec, unlike
+    ``ru_maxrss``, which would count the parent's memory copied at fork)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _product_path(stations: int, seed: int, out: Any) -> None:
+    """Generate and schedule with lp in this (child) process; send back its peak memory."""
     raw = generate_scenario(stations=stations, seed=seed, dso_scale=0.6)
     solve_network(compile_network(parse_scenario(raw)), "lp")
+    out.put(vm_hwm_mb())
 
 
 def product_peak_rss_mb(stations: int, seed: int) -> float:
     """Peak resident memory [MB] of generating and scheduling (lp) in a fresh process."""
     ctx = multiprocessing.get_context("spawn")
-    proc = ctx.Process(target=_product_path, args=(stations, seed))
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_product_path, args=(stations, seed, queue))
     proc.start()
+    peak = float(queue.get())
     proc.join()
     if proc.exitcode != 0:
         raise RuntimeError(f"product path failed with exit code {proc.exitcode}")
-    # RUSAGE_CHILDREN holds the largest peak of any child so far; sizes run in increasing order
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+    return peak
 
 
 def bench_size(connectors: int, seed: int, with_pyomo: bool) -> dict[str, Any]:

@@ -337,7 +337,10 @@ def test_limits_are_raised_only_where_minimum_currents_exceed_them() -> None:
     after = np.asarray(fixed["dso_profiles"][0]["cap_kw"])
     assert (after >= before - 1e-9).all()
     assert 0 < (after > before + 1e-9).sum() < before.size  # raised only at some steps
-    ratings = [(a.get("limit_kw"), b.get("limit_kw")) for a, b in zip(raw["nodes"], fixed["nodes"])]
+    ratings = [
+        (a.get("limit_kw"), b.get("limit_kw"))
+        for a, b in zip(raw["nodes"], fixed["nodes"], strict=True)
+    ]
     assert all(b >= a for a, b in ratings if a is not None)
 
 
