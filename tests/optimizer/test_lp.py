@@ -271,3 +271,30 @@ def test_a_full_car_takes_nothing() -> None:
         sch = solve_checked(raw, method)
         assert sch["sessions"]["a"]["energy_kwh"] == 0.0
         assert sch["sessions"]["a"]["unmet_kwh"] == 0.0
+
+
+def test_generated_fleet_day_holds_every_limit_and_beats_greedy() -> None:
+    from simulation.fleet import generate_scenario
+
+    raw = generate_scenario(150, seed=5, dso_scale=0.5)
+    sch = solve_checked(raw)
+    assert sch["status"] == "optimal"
+    assert check_schedule(raw, sch) == []
+    assert sch["solver"]["objective"] <= sch["solver"]["greedy_objective"]
+    assert sch["kpis"]["cap_use_max"]["region-01"] == pytest.approx(1.0, abs=1e-3)  # binds
+
+
+def test_checker_shares_no_code_with_the_model() -> None:
+    import ast
+    from pathlib import Path
+
+    import optimizer.checker as checker
+
+    tree = ast.parse(Path(checker.__file__).read_text())
+    imported = {
+        (node.module or "") if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    assert not {m for m in imported if m.split(".")[0] in ("optimizer", "simulation", "api")}
