@@ -64,6 +64,7 @@ EXPLAINABLE_KINDS = frozenset(
         "dso_cap",
         "min_current",
         "opt_out",
+        "pause_current",
     }
 )
 """Kinds a schedule may declare in its own ``violations`` list (an infeasible limit)."""

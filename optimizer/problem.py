@@ -204,6 +204,10 @@ def build_problem(
     if net.price_eur_per_mwh is not None:
         cost = cost + w.price_weight * net.price_eur_per_mwh[var_step] / 1000.0 * kwh
 
+    # a pause-consent car that needs less than one step at its minimum fills in one shorter step
+    pause = net.pause_consent[var_session]
+    req[pause] = np.minimum(req[pause], need_eff[var_session[pause]] / kwh[pause])
+
     energy_session = np.nonzero(need_eff > 1e-9)[0]
     e_row_of_session = np.full(net.n_sessions, -1, dtype=np.int64)
     e_row_of_session[energy_session] = np.arange(energy_session.size)

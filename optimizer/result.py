@@ -72,6 +72,20 @@ def no_pause_dips(net: Network, current_a: np.ndarray, tol: float = 1e-4) -> np.
     return dips
 
 
+def pause_level_breaks(net: Network, current_a: np.ndarray, tol: float = 1e-3) -> np.ndarray:
+    """Boolean ``sessions × steps``: a pause-consent session between 0 and its minimum.
+
+    Such a session may be paused (0 A) or charge at least its minimum; less than the minimum
+    is allowed only in the step it becomes full (kind ``pause_current`` in ``docs/formats.md``).
+    """
+    e_step = current_a * (net.kw_per_a * net.dt_h)[:, None]
+    e_after = np.cumsum(e_step, axis=1)
+    need = net.need_kwh[:, None]
+    filling = np.where(~np.isnan(need), e_after >= need - 1e-3, False)
+    between = (current_a > tol) & (current_a < net.min_a[:, None] - tol)
+    return between & ~filling & net.pause_consent[:, None]
+
+
 def build_schedule(
     net: Network,
     current_a: np.ndarray,
@@ -92,15 +106,31 @@ def build_schedule(
     power = node_power_kw(net, cur)
     violations = limit_violations(net, cur)
     dips = no_pause_dips(net, cur, tol=1e-3)
+    level = required_level_a(net)
     for s, t in zip(*np.nonzero(dips), strict=True):
-        kind = "opt_out" if net.opt_out[s] else "min_current"
-        level = required_level_a(net)[s, t]
+        # an opt-out session below its share breaks the opt-out rule, and below the station
+        # minimum also the minimum-current rule
+        shortfalls = [("min_current", float(net.min_a[s] - cur[s, t]))]
+        if net.opt_out[s]:
+            shortfalls.append(("opt_out", float(level[s, t] - cur[s, t])))
+        for kind, amount in shortfalls:
+            if amount > 1e-3:
+                violations.append(
+                    {
+                        "kind": kind,
+                        "session": net.session_ids[s],
+                        "step": int(t),
+                        "amount": round(amount, 6),
+                        "unit": "A",
+                    }
+                )
+    for s, t in zip(*np.nonzero(pause_level_breaks(net, cur)), strict=True):
         violations.append(
             {
-                "kind": kind,
+                "kind": "pause_current",
                 "session": net.session_ids[s],
                 "step": int(t),
-                "amount": round(float(level - cur[s, t]), 6),
+                "amount": round(float(net.min_a[s] - cur[s, t]), 6),
                 "unit": "A",
             }
         )
