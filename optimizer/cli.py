@@ -30,6 +30,8 @@ app = typer.Typer(
 )
 scenario_app = typer.Typer(help="Scenario files.", no_args_is_help=True)
 app.add_typer(scenario_app, name="scenario")
+keys_app = typer.Typer(help="API keys of the service.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -242,5 +244,49 @@ def demo(
     raise typer.Exit(code)
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Uvicorn worker processes.")] = 1,
+) -> None:
+    """Start the scheduling service (settings from GRIDCHARGE_* environment variables)."""
+    import uvicorn
+
+    if not 0 < port < 65536:
+        raise fail(f"--port: must be 1..65535 (got {port})")
+    uvicorn.run("api.main:create_app", factory=True, host=host, port=port, workers=workers)
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[str, typer.Option(help="csms | dso | operator | data-scientist | brp | admin")],
+    region: Annotated[
+        list[str] | None, typer.Option(help="Region a dso key may act on (repeatable).")
+    ] = None,
+    label: Annotated[str, typer.Option(help="A note to recognise the key by.")] = "",
+) -> None:
+    """Create an API key and print it (it is shown only this once)."""
+    from api.db import make_engine, make_sessionmaker, migrate, transaction
+    from api.security import create_key
+    from api.settings import get_settings
+
+    url = get_settings().database_url
+    migrate(url)
+    engine = make_engine(url)
+    try:
+        with transaction(make_sessionmaker(engine)) as db:
+            key = create_key(db, role, list(region or []), label)
+    except ValueError as exc:
+        raise fail(str(exc).replace("role:", "--role:").replace("region:", "--region:")) from None
+    finally:
+        engine.dispose()
+    sys.stdout.write(key + "\n")
+
+
 def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
     app()

@@ -1,0 +1,80 @@
+"""FastAPI dependencies: settings, database sessions and the caller's role."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.security import Principal, lookup
+from api.settings import Settings, get_settings
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_sessionmaker(request: Request) -> sessionmaker[Session]:
+    factory: sessionmaker[Session] = request.app.state.sessionmaker
+    return factory
+
+
+def get_db(request: Request) -> Iterator[Session]:
+    """A database session for one request (the route commits what it means to keep)."""
+    with get_sessionmaker(request)() as session:
+        yield session
+
+
+DbDep = Annotated[Session, Depends(get_db)]
+
+
+def _key_from(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    for scheme in ("Token ", "Bearer "):
+        if auth.startswith(scheme):
+            return auth[len(scheme) :].strip()
+    return request.headers.get("x-api-key")
+
+
+def get_principal(request: Request) -> Principal:
+    """The caller, from ``Authorization: Token <key>`` (OCPI), ``Bearer <key>`` or ``X-API-Key``."""
+    key = _key_from(request)
+    if not key:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "authorization: missing API key (send 'Authorization: Token <key>')",
+            headers={"WWW-Authenticate": "Token"},
+        )
+    cache: dict[str, Principal] = request.app.state.key_cache
+    principal = cache.get(key)
+    if principal is None:
+        with get_sessionmaker(request)() as session:
+            principal = lookup(session, key)
+        if principal is None:
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED, "authorization: unknown or revoked API key"
+            )
+        cache[key] = principal
+    return principal
+
+
+def require(*roles: str) -> Callable[[Principal], Principal]:
+    """A dependency admitting only the given roles (``admin`` always)."""
+
+    def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+        if principal.role != "admin" and principal.role not in roles:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                f"role: {principal.role!r} may not do this (allowed: {', '.join(roles)}, admin)",
+            )
+        return principal
+
+    return check
+
+
+def check_region(principal: Principal, region: str) -> None:
+    """403 unless the caller may act on ``region`` (a DSO only on its own regions)."""
+    if not principal.may_act_on_region(region):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, f"region: key {principal.prefix}… may not act on {region!r}"
+        )

@@ -1,0 +1,114 @@
+"""The FastAPI application: ``create_app()`` (uvicorn factory) wires settings, database,
+migrations, routers and the background loops."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from api.db import make_engine, make_sessionmaker, migrate
+from api.events import Events
+from api.routes import health, schedules, topology
+from api.settings import Settings, get_settings
+
+DESCRIPTION = """
+gridcharge schedules EV charging under every grid limit. CSMS platforms send OCPI 2.2.1
+sessions and receive OCPP/OCPI charging profiles; DSOs submit daily aggregate profiles (also as
+OpenADR 3 events); operators manage the topology. Authenticate with `Authorization: Token <key>`
+(keys: `gridcharge keys create --role ROLE`).
+"""
+
+
+def _field_of(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out or "body"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The application; ``settings`` default to the environment's."""
+    cfg = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        migrate(cfg.database_url)
+        engine = make_engine(cfg.database_url)
+        app.state.settings = cfg
+        app.state.engine = engine
+        app.state.sessionmaker = make_sessionmaker(engine)
+        app.state.key_cache = {}
+        app.state.events = Events()
+        app.state.jobs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobs")
+        schedules.resume_jobs(app.state.sessionmaker, app.state.jobs)
+        loops = _start_background(app, cfg) if cfg.background else []
+        try:
+            yield
+        finally:
+            for loop in loops:
+                loop.stop()
+            app.state.jobs.shutdown(wait=False, cancel_futures=True)
+            engine.dispose()
+
+    app = FastAPI(
+        title="gridcharge",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.dependency_overrides[get_settings] = lambda: cfg
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
+        message = f"{_field_of(tuple(first['loc']))}: {first['msg']}"
+        return JSONResponse(
+            status_code=422,
+            content={
+                "detail": message,
+                "errors": [
+                    {"field": _field_of(tuple(e["loc"])), "message": e["msg"]} for e in errors
+                ],
+            },
+        )
+
+    app.include_router(health.router)
+    app.include_router(schedules.router)
+    app.include_router(topology.router)
+    _include_optional_routers(app)
+    return app
+
+
+def _include_optional_routers(app: FastAPI) -> None:
+    """Routers of the other resources (sessions, profiles, DSO), when present."""
+    import importlib
+
+    for name in ("ocpi_sessions", "profiles", "dso"):
+        try:
+            module = importlib.import_module(f"api.routes.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"api.routes.{name}":
+                raise
+            continue
+        app.include_router(module.router)
+
+
+def _start_background(app: FastAPI, cfg: Settings) -> list[Any]:
+    """Start the scheduler and outbox loops, when present."""
+    loops: list[Any] = []
+    try:
+        from api.background import start_loops
+    except ModuleNotFoundError as exc:
+        if exc.name != "api.background":
+            raise
+        return loops
+    loops.extend(start_loops(app, cfg))
+    return loops

@@ -1,0 +1,55 @@
+"""Service settings from the environment (prefix ``GRIDCHARGE_``), via pydantic-settings."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Settings of the scheduling service.
+
+    Every field can be set as ``GRIDCHARGE_<NAME>`` in the environment (or a ``.env`` file).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="GRIDCHARGE_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///./gridcharge.db",
+        description="SQLAlchemy URL: sqlite:///FILE (default) or postgresql+psycopg://USER@HOST/DB",
+    )
+    step_s: int = Field(default=900, gt=0, description="Scheduling grid step [s].")
+    horizon_steps: int = Field(default=96, gt=0, description="Steps in the rolling horizon.")
+    voltage_v: float = Field(default=230.0, gt=0)
+    reschedule_every_s: float = Field(
+        default=300.0, gt=0, description="Re-optimise at least this often [s]."
+    )
+    debounce_s: float = Field(
+        default=2.0, ge=0, description="Wait after an event before re-optimising [s]."
+    )
+    solver_time_limit_s: float = Field(default=30.0, gt=0)
+    sync_schedule_max_sessions: int = Field(
+        default=2000, ge=0, description="POST /v1/schedules answers 202 with a job above this."
+    )
+    cpo_url: str | None = Field(
+        default=None, description="Push profiles to {cpo_url}/{session_id}."
+    )
+    cpo_token: str | None = Field(
+        default=None, description="OCPI token for the CPO (Authorization)."
+    )
+    public_url: str = Field(
+        default="http://127.0.0.1:8000", description="Base URL of this service (for response_url)."
+    )
+    outbox_max_attempts: int = Field(default=20, ge=1)
+    outbox_backoff_s: float = Field(
+        default=1.0, gt=0, description="First retry delay; doubles, capped at 300 s."
+    )
+    background: bool = Field(default=True, description="Run the scheduler and outbox loops.")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (overridden in tests with ``app.dependency_overrides``)."""
+    return Settings()
