@@ -200,7 +200,7 @@ def test_non_finite_values_and_bad_dates_are_refused(
         r = client.get(f"/v1/dso/region-01/compliance?date={bad}", headers=h)
         assert r.status_code == 422 and r.json()["detail"].startswith("date")
     r = client.get("/v1/dso/region-01/compliance", headers=h)
-    assert r.status_code == 422 and r.json()["detail"].startswith("query.date")
+    assert r.status_code == 422 and r.json()["detail"].startswith("date")
 
 
 # --------------------------------------------------------------------------------------------
