@@ -24,7 +24,8 @@ class Settings(BaseSettings):
     horizon_steps: int = Field(default=96, gt=0, description="Steps in the rolling horizon.")
     voltage_v: float = Field(default=230.0, gt=0)
     timezone: str = Field(
-        default="Europe/Amsterdam", description="Local time zone of DSO days and settlement periods."
+        default="Europe/Amsterdam",
+        description="Local time zone of DSO days and settlement periods.",
     )
     reschedule_every_s: float = Field(
         default=300.0, gt=0, description="Re-optimise at least this often [s]."
