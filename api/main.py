@@ -91,7 +91,7 @@ def _include_optional_routers(app: FastAPI) -> None:
     """Routers of the other resources (sessions, profiles, DSO), when present."""
     import importlib
 
-    for name in ("ocpi_sessions", "profiles", "dso"):
+    for name in ("ocpi_sessions", "profiles", "dso", "runs"):
         try:
             module = importlib.import_module(f"api.routes.{name}")
         except ModuleNotFoundError as exc:

@@ -1,0 +1,248 @@
+"""Push published profiles to the CPO (OCPI 2.2.1 SetChargingProfile) from a durable outbox.
+
+Every changed profile becomes an :class:`~api.models.OutboxItem` in the same transaction that
+publishes it (:mod:`api.publish`), so nothing is lost when the CPO is down or this process dies:
+the item stays ``pending`` in the database until it is delivered.
+
+States of an item:
+
+| status | meaning |
+|---|---|
+| ``pending`` | to be pushed at ``next_attempt_at`` (new, or waiting to retry) |
+| ``sent`` | the CPO answered ``ACCEPTED``; its asynchronous result is awaited |
+| ``accepted`` / ``rejected`` | the CPO's result arrived on ``response_url`` (``result`` keeps it) |
+| ``superseded`` | a newer profile of the same session was published before this one was sent |
+| ``failed`` | ``outbox_max_attempts`` pushes failed |
+
+A push is ``PUT {cpo_url}/{session_id}`` with the JSON payload ``{charging_profile,
+response_url}`` and ``Authorization: Token {cpo_token}``. It succeeds on a 2xx answer with OCPI
+``status_code`` 1000 and ``data.result`` ``ACCEPTED``. Any other answer or a connection error
+counts as a failed attempt: the retry waits ``outbox_backoff_s · 2^(attempts − 1)`` (capped at
+:data:`MAX_BACKOFF_S`), ``attempts`` counting this failure.
+
+A worker *claims* an item right before pushing it by moving its ``next_attempt_at`` a lease
+(:data:`LEASE_S`) ahead, in a transaction that skips rows another worker holds (PostgreSQL
+``FOR UPDATE SKIP LOCKED``). If the process dies mid-push, the item is due again when the lease
+ends. The outcome is written only while the item is still ``pending``, so a result that arrived
+first, or a newer profile that superseded the item, is never overwritten.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.db import transaction, utcnow
+from api.metrics import OUTBOX_DEPTH
+from api.models import OutboxItem
+from api.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 300.0
+"""Longest wait between two attempts [s]."""
+LEASE_S = 20.0
+"""How long a claimed item is hidden from other workers while it is pushed [s]; longer than a
+push can take (:data:`HTTP_TIMEOUT_S`), so two workers never push one item at once."""
+HTTP_TIMEOUT_S = 10.0
+"""Connect/read timeout of a push [s]."""
+POLL_S = 1.0
+"""Longest sleep of the worker between two looks at the outbox [s]."""
+
+RESULT_STATUS = {"ACCEPTED": "accepted", "REJECTED": "rejected", "UNKNOWN": "rejected"}
+"""Item status for each OCPI ChargingProfileResultType (UNKNOWN: the CPO found no session to
+apply it to, so the profile is not in force)."""
+
+
+def backoff_s(attempts: int, base_s: float) -> float:
+    """Wait after the ``attempts``-th failed attempt: ``base_s · 2^(attempts − 1)``, ≤ 300 s."""
+    return float(min(base_s * 2.0 ** max(attempts - 1, 0), MAX_BACKOFF_S))
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    session_id: str
+    payload: dict[str, Any]
+    attempts: int
+
+
+def claim_due(
+    factory: sessionmaker[Session], due_at: datetime, lease_until: datetime
+) -> Claimed | None:
+    """Claim the oldest pending item due at ``due_at``: hide it until ``lease_until``."""
+    with transaction(factory) as db:
+        row = db.scalars(
+            select(OutboxItem)
+            .where(OutboxItem.status == "pending", OutboxItem.next_attempt_at <= due_at)
+            .order_by(OutboxItem.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        ).first()
+        if row is None:
+            return None
+        row.next_attempt_at = lease_until
+        return Claimed(row.id, row.session_id, dict(row.payload), row.attempts)
+
+
+def judge(response: httpx.Response) -> str | None:
+    """None when the CPO accepted the command, else why not."""
+    if not response.is_success:
+        return f"HTTP {response.status_code}"
+    try:
+        body = response.json()
+    except ValueError:
+        return f"HTTP {response.status_code} with a body that is not JSON"
+    if not isinstance(body, dict):
+        return "answer is not an OCPI response object"
+    if body.get("status_code") != 1000:
+        return f"OCPI status_code {body.get('status_code')!r}: {body.get('status_message', '')}"
+    data = body.get("data")
+    result = data.get("result") if isinstance(data, dict) else None
+    if result != "ACCEPTED":
+        return f"ChargingProfileResponse result {result!r}"
+    return None
+
+
+def push(client: httpx.Client, settings: Settings, item: Claimed) -> str | None:
+    """PUT one item to the CPO; None on success, else the error."""
+    assert settings.cpo_url is not None
+    url = f"{settings.cpo_url.rstrip('/')}/{quote(item.session_id, safe='')}"
+    headers = {"Authorization": f"Token {settings.cpo_token}"} if settings.cpo_token else {}
+    try:
+        response = client.put(url, json=item.payload, headers=headers)
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return judge(response)
+
+
+def record(
+    factory: sessionmaker[Session],
+    settings: Settings,
+    item: Claimed,
+    error: str | None,
+    now: datetime,
+) -> str | None:
+    """Store the outcome of a push if the item is still pending; returns the new status."""
+    if error is None:
+        values: dict[str, Any] = {"status": "sent", "attempts": item.attempts + 1}
+        values["last_error"] = None
+    else:
+        attempts = item.attempts + 1
+        give_up = attempts >= settings.outbox_max_attempts
+        values = {
+            "status": "failed" if give_up else "pending",
+            "attempts": attempts,
+            "last_error": error[:2000],
+            "next_attempt_at": now
+            + timedelta(seconds=backoff_s(attempts, settings.outbox_backoff_s)),
+        }
+    with transaction(factory) as db:
+        done = db.execute(
+            update(OutboxItem)
+            .where(OutboxItem.id == item.id, OutboxItem.status == "pending")
+            .values(**values, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    return str(values["status"]) if done.rowcount else None  # type: ignore[attr-defined]
+
+
+def outbox_depth(factory: sessionmaker[Session]) -> int:
+    """Pending items (also sets ``OUTBOX_DEPTH``)."""
+    with factory() as db:
+        depth = int(db.scalar(select(func.count()).where(OutboxItem.status == "pending")) or 0)
+    OUTBOX_DEPTH.set(depth)
+    return depth
+
+
+def push_due(
+    factory: sessionmaker[Session],
+    settings: Settings,
+    client: httpx.Client,
+    now: datetime | None = None,
+    stop: threading.Event | None = None,
+) -> int:
+    """Push, one by one, the items that are due at ``now`` (default: the current time) when the
+    call starts; returns how many were tried. Retries fall due later, in another call.
+
+    ``now`` also stands for the current time in the leases and retry times (tests pass it).
+    """
+    if not settings.cpo_url:
+        return 0
+    due_at = now or utcnow()
+    tried = 0
+    while stop is None or not stop.is_set():
+        item = claim_due(factory, due_at, (now or utcnow()) + timedelta(seconds=LEASE_S))
+        if item is None:
+            break
+        error = push(client, settings, item)
+        status = record(factory, settings, item, error, now or utcnow())
+        if error:
+            log.warning("push of outbox item %s failed (%s): %s", item.id, status, error)
+        tried += 1
+    return tried
+
+
+def store_result(db: Session, item_id: int, body: dict[str, Any]) -> OutboxItem | None:
+    """Store the CPO's asynchronous result of item ``item_id``; None when there is no such item.
+
+    Raises
+    ------
+    ValueError
+        ``body.result`` is not ``ACCEPTED``, ``REJECTED`` or ``UNKNOWN``.
+    """
+    result = body.get("result")
+    if result not in RESULT_STATUS:
+        raise ValueError(f"result: must be one of {', '.join(RESULT_STATUS)} (got {result!r})")
+    item = db.get(OutboxItem, item_id)
+    if item is None:
+        return None
+    item.result = body
+    if item.status != "superseded":
+        item.status = RESULT_STATUS[result]
+    item.updated_at = utcnow()
+    return item
+
+
+class OutboxWorker:
+    """A daemon thread that pushes due items; :meth:`wake` makes it look at once."""
+
+    def __init__(self, factory: sessionmaker[Session], settings: Settings) -> None:
+        self.factory = factory
+        self.settings = settings
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self.poll_s = min(POLL_S, settings.outbox_backoff_s)
+        self.thread = threading.Thread(target=self._run, name="outbox", daemon=True)
+
+    def start(self) -> OutboxWorker:
+        self.thread.start()
+        return self
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout_s)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=HTTP_TIMEOUT_S) as client:
+            while not self._stop.is_set():
+                try:
+                    push_due(self.factory, self.settings, client, stop=self._stop)
+                    outbox_depth(self.factory)
+                except Exception:  # the loop must survive a database or network hiccup
+                    log.exception("outbox round failed")
+                self._wake.wait(self.poll_s)
+                self._wake.clear()

@@ -1,0 +1,343 @@
+"""Re-optimise the live sessions and publish the charging profiles that changed.
+
+One run (:func:`reoptimise`):
+
+1. build the live scenario (:mod:`api.live`), parse and compile it;
+2. solve with ``lp`` (time limit ``solver_time_limit_s``); the schedule is *publishable* when the
+   independent checker finds no violation the schedule does not itself declare
+   (:func:`optimizer.checker.explained` is empty) and its profiles can be emitted;
+3. otherwise compute the greedy schedule and publish that, with status ``fallback`` and the
+   reason (counted in ``FALLBACKS``; so is the solver's own built-in fallback);
+4. if neither is publishable, publish nothing (``REJECTED_SCHEDULES``): the profiles published
+   before stay in force, so a connector with a session keeps its last valid profile;
+5. publish in ONE transaction: a :class:`ScheduleRun`; for every session whose profile changed a
+   :class:`ProfileChange` (the cursor) and the upserted :class:`Profile`; with ``cpo_url`` set an
+   :class:`OutboxItem` per changed session (older pending items of the session are superseded).
+
+A profile *changed* when its limits from the new profile's start on differ from the published
+one's (as piecewise-constant functions of absolute time, from the OCPI form), or it ends at
+another time, or its ``min_charging_rate`` differs. The grid rolls forward every step, so the
+published profile of an unchanged session keeps its older start; from now on it is identical.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.db import transaction, utcnow
+from api.live import build_live_scenario
+from api.metrics import (
+    ACTIVE_SESSIONS,
+    FALLBACKS,
+    OUTBOX_DEPTH,
+    PROFILE_LAG_SECONDS,
+    REJECTED_SCHEDULES,
+    SOLVE_SECONDS,
+)
+from api.models import OutboxItem, Profile, ProfileChange, ScheduleRun
+from api.settings import Settings
+from optimizer.checker import check_schedule, explained
+from optimizer.emit import attach_profiles
+from optimizer.network import Network, compile_network
+from optimizer.profiles import ProfileError
+from optimizer.scenario import parse_scenario
+from optimizer.solve import solve_network
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("ocpp16", "ocpp201", "ocpi")
+PUBLISH_LOCK_ID = 0x6763_7075_626C
+"""PostgreSQL advisory lock serialising publishers, so cursors commit in increasing order."""
+IN_CHUNK = 500
+"""Ids per ``IN (...)`` clause."""
+
+
+@dataclass
+class Choice:
+    """The outcome of :func:`choose_schedule`.
+
+    Attributes
+    ----------
+    schedule : dict or None
+        The publishable schedule with ``profiles`` attached, or None when nothing passed.
+    fallback : bool
+        True when ``schedule`` is the greedy fallback (status ``fallback``).
+    reason : str or None
+        Why the LP result was not used (fallback), or why nothing was published.
+    """
+
+    schedule: dict[str, Any] | None
+    fallback: bool
+    reason: str | None
+
+
+def problems(scenario: Mapping[str, Any], net: Network, schedule: dict[str, Any]) -> list[str]:
+    """Why ``schedule`` may not be published (empty: publishable); attaches its profiles.
+
+    A violation the checker finds is acceptable only when the schedule declares it in its own
+    ``violations`` (limits that cannot all hold); then its profiles must be emittable.
+    """
+    found = check_schedule(scenario, schedule)
+    bad = explained(found, schedule.get("violations") or [])
+    if bad:
+        shown = [f"{v.kind} {v.subject} step {v.step} by {v.amount:g} {v.unit}" for v in bad[:5]]
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        return [f"checker: {len(bad)} undeclared violation(s): {'; '.join(shown)}{more}"]
+    try:
+        attach_profiles(net, schedule, FORMATS)
+    except ProfileError as exc:
+        return [f"profiles: {exc}"]
+    return []
+
+
+def choose_schedule(scenario: Mapping[str, Any], net: Network, settings: Settings) -> Choice:
+    """Solve with ``lp``; fall back to greedy when the LP result is not publishable."""
+    reason: str | None
+    try:
+        lp = solve_network(net, "lp", time_limit_s=settings.solver_time_limit_s)
+    except Exception as exc:  # any solver failure falls back; the reason records it
+        log.exception("lp solve failed")
+        reason = f"lp solve raised {type(exc).__name__}: {exc}"
+    else:
+        found = problems(scenario, net, lp)
+        if not found:
+            fell_back = lp["status"] == "fallback"
+            return Choice(lp, fell_back, lp.get("reason") if fell_back else None)
+        reason = f"the {lp['method']} schedule ({lp['status']}) was rejected: {found[0]}"
+    greedy = solve_network(net, "greedy")
+    found = problems(scenario, net, greedy)
+    if not found:
+        greedy["status"] = "fallback"
+        greedy["reason"] = reason
+        return Choice(greedy, True, reason)
+    return Choice(None, False, f"{reason}; the greedy schedule was rejected too: {found[0]}")
+
+
+def ocpi_segments(ocpi: Mapping[str, Any]) -> tuple[list[tuple[float, float]], float]:
+    """An OCPI ChargingProfile as ``([(epoch_s start, limit), ...], epoch_s end)``."""
+    t0 = datetime.fromisoformat(ocpi["start_date_time"]).timestamp()
+    segments = [
+        (t0 + float(p["start_period"]), float(p["limit"])) for p in ocpi["charging_profile_period"]
+    ]
+    return segments, t0 + float(ocpi["duration"])
+
+
+def _from(segments: list[tuple[float, float]], t: float, end: float) -> list[tuple[float, float]]:
+    """The segments restricted to ``[t, end)``, equal neighbours merged."""
+    out: list[tuple[float, float]] = []
+    for k, (s, limit) in enumerate(segments):
+        nxt = segments[k + 1][0] if k + 1 < len(segments) else end
+        if nxt <= t or s >= end:
+            continue
+        if out and out[-1][1] == limit:
+            continue
+        out.append((max(s, t), limit))
+    return out
+
+
+def same_from_start(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
+    """True when ``old`` sets the same limits as ``new`` from ``new``'s start to its end."""
+    if new.get("min_charging_rate") != old.get("min_charging_rate"):
+        return False
+    if new.get("charging_rate_unit") != old.get("charging_rate_unit"):
+        return False
+    n_seg, n_end = ocpi_segments(new)
+    o_seg, o_end = ocpi_segments(old)
+    start = n_seg[0][0]
+    if o_end != n_end or o_seg[0][0] > start:
+        return False
+    return _from(o_seg, start, o_end) == _from(n_seg, start, n_end)
+
+
+def step_limits_a(ocpi: Mapping[str, Any], step_s: int) -> list[float]:
+    """The limit of every ``step_s`` step of an OCPI profile, from its start [A]."""
+    periods = ocpi["charging_profile_period"]
+    out: list[float] = []
+    k = 0
+    for j in range(int(ocpi["duration"]) // step_s):
+        while k + 1 < len(periods) and periods[k + 1]["start_period"] <= j * step_s:
+            k += 1
+        out.append(float(periods[k]["limit"]))
+    return out
+
+
+def _chunks(ids: list[str]) -> Iterable[list[str]]:
+    for k in range(0, len(ids), IN_CHUNK):
+        yield ids[k : k + IN_CHUNK]
+
+
+def _lock(db: Session) -> None:
+    """Serialise publishers on PostgreSQL (SQLite has a single writer anyway)."""
+    if db.get_bind().dialect.name == "postgresql":
+        db.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PUBLISH_LOCK_ID})
+
+
+def publish_profiles(
+    db: Session, run: ScheduleRun, schedule: dict[str, Any], settings: Settings
+) -> list[str]:
+    """Upsert the profiles of ``schedule`` that changed; returns their session ids.
+
+    Runs inside the caller's transaction, after ``run`` was flushed (it needs ``run.id``).
+    """
+    forms: dict[str, dict[str, Any]] = schedule.get("profiles", {})
+    ids = sorted(forms)
+    current: dict[str, Profile] = {}
+    for chunk in _chunks(ids):
+        for p in db.scalars(select(Profile).where(Profile.session_id.in_(chunk))):
+            current[p.session_id] = p
+    changed = [
+        sid
+        for sid in ids
+        if sid not in current or not same_from_start(forms[sid]["ocpi"], current[sid].ocpi)
+    ]
+    if not changed:
+        return []
+    changes = [ProfileChange(session_id=sid, run_id=run.id) for sid in changed]
+    db.add_all(changes)
+    db.flush()  # assigns the cursors
+    now = utcnow()
+    for change in changes:
+        sid = change.session_id
+        form = forms[sid]
+        values = {
+            "cursor": change.cursor,
+            "run_id": run.id,
+            "limits_a": step_limits_a(form["ocpi"], run.step_s),
+            "ocpi": form["ocpi"],
+            "ocpp16": form["ocpp16"],
+            "ocpp201": form["ocpp201"],
+            "updated_at": now,
+        }
+        row = current.get(sid)
+        if row is None:
+            db.add(Profile(session_id=sid, **values))
+        else:
+            for key, value in values.items():
+                setattr(row, key, value)
+    if settings.cpo_url:
+        for chunk in _chunks(changed):
+            db.execute(
+                update(OutboxItem)
+                .where(OutboxItem.session_id.in_(chunk), OutboxItem.status == "pending")
+                .values(status="superseded", updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+        items = [
+            OutboxItem(
+                session_id=c.session_id,
+                cursor=c.cursor,
+                payload={},
+                status="pending",
+                attempts=0,
+                next_attempt_at=now,
+            )
+            for c in changes
+        ]
+        db.add_all(items)
+        db.flush()  # assigns the ids the response_url names
+        base = settings.public_url.rstrip("/")
+        for item in items:
+            item.payload = {
+                "charging_profile": forms[item.session_id]["ocpi"],
+                "response_url": f"{base}/v1/profiles/results/{item.id}",
+            }
+    return changed
+
+
+def _root_power(schedule: Mapping[str, Any], scenario: Mapping[str, Any]) -> dict[str, list[float]]:
+    roots = [n["id"] for n in scenario["nodes"] if n.get("parent") is None]
+    nodes = schedule.get("nodes", {})
+    return {r: list(nodes[r]["power_kw"]) for r in roots if r in nodes}
+
+
+def update_gauges(factory: sessionmaker[Session]) -> None:
+    """``PROFILE_LAG_SECONDS`` (age of the newest published run) and ``OUTBOX_DEPTH``."""
+    with factory() as db:
+        newest = db.scalar(
+            select(func.max(ScheduleRun.created_at)).where(ScheduleRun.published.is_(True))
+        )
+        depth = db.scalar(select(func.count()).where(OutboxItem.status == "pending")) or 0
+    if newest is not None:
+        PROFILE_LAG_SECONDS.set(max((utcnow() - newest).total_seconds(), 0.0))
+    OUTBOX_DEPTH.set(depth)
+
+
+def reoptimise(
+    factory: sessionmaker[Session], settings: Settings, now: datetime | None = None
+) -> ScheduleRun:
+    """Schedule the live sessions at ``now`` and publish what changed (see the module doc).
+
+    Parameters
+    ----------
+    factory : sessionmaker
+        Database sessions.
+    settings : Settings
+        Grid, solver, CPO and outbox settings.
+    now : datetime, optional
+        Aware time of the run (default: the current time); only the grid depends on it.
+
+    Returns
+    -------
+    ScheduleRun
+        The stored run; ``published`` is False when no schedule passed the checker.
+
+    Raises
+    ------
+    optimizer.errors.ScenarioError
+        The live data does not form a valid scenario (nothing is published).
+    """
+    t0 = time.perf_counter()
+    now = now or utcnow()
+    with factory() as db:
+        scenario = build_live_scenario(db, settings, now)
+    ACTIVE_SESSIONS.set(len(scenario["sessions"]))
+    net = compile_network(parse_scenario(scenario))
+    choice = choose_schedule(scenario, net, settings)
+    schedule = choice.schedule
+    grid_start = datetime.fromisoformat(scenario["grid"]["start"])
+    with transaction(factory) as db:
+        _lock(db)
+        run = ScheduleRun(
+            grid_start=grid_start,
+            step_s=settings.step_s,
+            steps=settings.horizon_steps,
+            status=schedule["status"] if schedule else "rejected",
+            method=schedule["method"] if schedule else "none",
+            objective=(schedule.get("solver") or {}).get("objective") if schedule else None,
+            reason=choice.reason,
+            sessions=len(scenario["sessions"]),
+            violations=len(schedule["violations"]) if schedule else 0,
+            published=schedule is not None,
+            kpis=schedule["kpis"] if schedule else {},
+            region_power_kw=_root_power(schedule, scenario) if schedule else {},
+        )
+        db.add(run)
+        db.flush()
+        changed = publish_profiles(db, run, schedule, settings) if schedule else []
+        run.time_s = round(time.perf_counter() - t0, 4)
+    elapsed = time.perf_counter() - t0
+    SOLVE_SECONDS.observe(elapsed)
+    if schedule is None:
+        REJECTED_SCHEDULES.inc()
+        log.error("run %s published nothing: %s", run.id, choice.reason)
+    elif choice.fallback:
+        FALLBACKS.inc()
+        log.warning("run %s published the greedy fallback: %s", run.id, choice.reason)
+    log.info(
+        "run %s: %s sessions, %s, %d profile(s) changed in %.2f s",
+        run.id,
+        run.sessions,
+        run.status,
+        len(changed),
+        elapsed,
+    )
+    update_gauges(factory)
+    return run
