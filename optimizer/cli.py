@@ -235,12 +235,17 @@ def demo(
     out: Annotated[Path, typer.Option(help="Report directory.")] = Path("report"),
     stations: Annotated[int, typer.Option(help="Stations in the generated network.")] = 1000,
     seed: Annotated[int, typer.Option()] = 1,
+    http_stations: Annotated[
+        int, typer.Option(help="Stations in the day driven through the service (0: skip).")
+    ] = 300,
 ) -> None:
-    """Generate a network, schedule a day with lp, uncontrolled and greedy, check all three and
-    write a report with plots."""
+    """Generate a network, schedule a day with lp, uncontrolled and greedy, check all three;
+    then start the service on SQLite and drive a simulated day through HTTP; write a report."""
     from optimizer.demo import run_demo
 
-    code = run_demo(out=out, stations=stations, seed=seed, console=console)
+    code = run_demo(
+        out=out, stations=stations, seed=seed, console=console, http_stations=http_stations
+    )
     raise typer.Exit(code)
 
 

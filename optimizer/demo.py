@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -72,7 +78,129 @@ def plot_station_currents(
     plt.close(fig)
 
 
-def run_demo(out: Path, stations: int, seed: int, console: Console) -> int:
+HTTP_DAY = date(2026, 11, 18)
+"""The simulated service day: a past Wednesday (the service refuses states from the future)."""
+
+
+def start_service(db_url: str, timeout_s: float = 60.0) -> tuple[subprocess.Popen[bytes], str]:
+    """``gridcharge serve`` in its own process on a free loopback port, background loops off
+    (the simulation decides when to re-plan)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    env = {**os.environ, "GRIDCHARGE_DATABASE_URL": db_url, "GRIDCHARGE_BACKGROUND": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "optimizer.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the service exited with code {proc.returncode}")
+        try:
+            if httpx.get(url + "/ready", timeout=1.0).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("the service did not become ready")
+
+
+def plot_compliance(compliance: dict[str, dict[str, Any]], path: Path) -> None:
+    """Realised and planned aggregate power per region against the DSO cap and target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(compliance), 1, figsize=(10, 3.4 * len(compliance)), squeeze=False)
+    for ax, (region, comp) in zip(axes[:, 0], compliance.items(), strict=True):
+        slots = comp["slots"]
+        hours = np.arange(len(slots)) * 0.25
+
+        def series(key: str, slots: list[dict[str, Any]] = slots) -> np.ndarray:
+            return np.array([np.nan if s.get(key) is None else s[key] for s in slots], dtype=float)
+
+        ax.step(hours, series("realised_kw"), where="post", label="realised (from meter states)")
+        ax.step(hours, series("planned_kw"), where="post", ls="--", label="planned")
+        ax.step(hours, series("cap_kw"), where="post", color="k", label="DSO cap")
+        ax.step(hours, series("target_kw"), where="post", color="grey", ls=":", label="DSO target")
+        ax.set_title(f"{region}: the simulated day through the service")
+        ax.set_ylabel("kW")
+        ax.legend(loc="upper left", fontsize=8)
+    axes[-1, 0].set_xlabel("local hour")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_http_day(out: Path, stations: int, seed: int, console: Console) -> dict[str, Any]:
+    """Start the service on SQLite and drive a simulated day through HTTP (CSMS simulator)."""
+    from api.db import make_engine, make_sessionmaker, migrate, transaction
+    from api.security import create_key
+    from simulation.csms import CsmsSimulator, served_share
+    from simulation.fleet import generate_scenario
+
+    db = out / "service.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    db_url = f"sqlite:///{db}"
+    raw = generate_scenario(stations=stations, seed=seed, date=HTTP_DAY)
+    regions = [p["node"] for p in raw["dso_profiles"]]
+    migrate(db_url)
+    engine = make_engine(db_url)
+    with transaction(make_sessionmaker(engine)) as session:
+        keys = {r: create_key(session, r, label="demo") for r in ("csms", "operator")}
+        keys["dso"] = create_key(session, "dso", regions, label="demo")
+    engine.dispose()
+    proc, url = start_service(db_url)
+    t0 = time.perf_counter()
+    sim = CsmsSimulator(url, keys, raw)
+    try:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
+        ) as bar:
+            task = bar.add_task(f"HTTP day: {len(raw['sessions'])} sessions", total=1)
+            result = sim.run_day(progress=lambda k, n: bar.update(task, completed=k, total=n))
+        compliance = {
+            r: sim.http.get(
+                f"/v1/dso/{r}/compliance",
+                params={"date": HTTP_DAY.isoformat()},
+                headers={"Authorization": f"Token {keys['dso']}"},
+            ).json()
+            for r in regions
+        }
+        metrics = sim.http.get("/metrics").text
+    finally:
+        sim.close()
+        proc.terminate()
+        proc.wait(20)
+    plot_compliance(compliance, out / "service_day.png")
+    runs = result["runs"]
+    summary = {
+        "stations": stations,
+        "sessions": result["sessions"],
+        "http_calls": result["calls"],
+        "meter_states": result["states"],
+        "runs": len(runs),
+        "runs_optimal": sum(r["status"] == "optimal" for r in runs),
+        "runs_fallback": sum(r["status"] == "fallback" for r in runs),
+        "runs_unpublished": sum(not r["published"] for r in runs),
+        "served_share": round(served_share(sim.delivered()), 4),
+        "energy_kwh": round(sum(d for d, _ in sim.delivered().values()), 1),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "compliance": {r: c.get("totals", {}) for r, c in compliance.items()},
+        "metrics_lines": len(metrics.splitlines()),
+    }
+    (out / "service_day.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def run_demo(out: Path, stations: int, seed: int, console: Console, http_stations: int = 0) -> int:
     """Run the demo; returns 0 when lp and greedy pass the checker, 1 otherwise."""
     from optimizer.cli import summary_table
     from simulation.fleet import generate_scenario
@@ -120,6 +248,40 @@ def run_demo(out: Path, stations: int, seed: int, console: Console) -> int:
             f"{checks[method]} violations |"
         )
     lines += ["", "![region power](region_power.png)", "", "![stations](station_currents.png)"]
+    day_ok = True
+    if http_stations > 0:
+        day = run_http_day(out, http_stations, seed, console)
+        day_ok = day["runs_unpublished"] == 0
+        console.print(
+            f"service day ({http_stations} stations, through HTTP): {day['sessions']} sessions, "
+            f"{day['meter_states']:,} meter states, {day['http_calls']:,} calls, {day['runs']} "
+            f"re-plans ({day['runs_fallback']} fallback, {day['runs_unpublished']} unpublished), "
+            f"{100 * day['served_share']:.1f} % fully served, {day['seconds']} s"
+        )
+        lines += [
+            "",
+            f"## The service through HTTP: {http_stations} stations, {HTTP_DAY.isoformat()}",
+            "",
+            "A CSMS simulator plugged cars in over OCPI 2.2.1, sent a meter state every 5 minutes "
+            "per session on its own clock (currents following the profiles it received), the DSO "
+            "posted its day profile, and the service re-planned every 15 minutes.",
+            "",
+            "| sessions | meter states | HTTP calls | re-plans | fallback | unpublished "
+            "| fully served | energy kWh | s |",
+            "|---|---|---|---|---|---|---|---|---|",
+            f"| {day['sessions']} | {day['meter_states']:,} | {day['http_calls']:,} | "
+            f"{day['runs']} | {day['runs_fallback']} | {day['runs_unpublished']} | "
+            f"{100 * day['served_share']:.1f} % | {day['energy_kwh']:,.1f} | {day['seconds']} |",
+            "",
+            "Compliance with the DSO cap (realised from meter states): "
+            + "; ".join(
+                f"{r}: {t.get('slots_over_cap', '?')} slots over the cap, "
+                f"{t.get('energy_over_cap_kwh', 0):.1f} kWh above it"
+                for r, t in day["compliance"].items()
+            ),
+            "",
+            "![service day](service_day.png)",
+        ]
     (out / "README.md").write_text("\n".join(lines) + "\n")
     console.print(f"report written to {out}/ in {time.perf_counter() - t0:.1f} s")
-    return 0 if checks["lp"] == 0 and checks["greedy"] == 0 else 1
+    return 0 if checks["lp"] == 0 and checks["greedy"] == 0 and day_ok else 1
