@@ -6,8 +6,10 @@ is owned by the Alembic migrations in ``api/migrations`` and applied at start (:
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,8 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+"""One write lock per SQLite engine (see :func:`transaction`)."""
 
 
 class Base(DeclarativeBase):
@@ -53,6 +57,8 @@ def make_engine(url: str) -> Engine:
             url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True
         )
 
+        WRITE_LOCKS[engine] = threading.Lock()
+
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(conn: Any, _record: Any) -> None:
             cur = conn.cursor()
@@ -71,8 +77,15 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session whose work is committed as a whole, or rolled back on any error."""
-    with factory() as session, session.begin():
+    """A session whose work is committed as a whole, or rolled back on any error.
+
+    On SQLite, write transactions of one process take turns on a lock: SQLite allows one
+    writer at a time, and its own busy handler waits by sleeping (up to 100 ms per try), which
+    under concurrent requests costs far more than queueing on a lock.
+    """
+    bind = factory.kw.get("bind")
+    lock = WRITE_LOCKS.get(bind) if isinstance(bind, Engine) else None
+    with lock if lock is not None else nullcontext(), factory() as session, session.begin():
         yield session
 
 

@@ -82,13 +82,19 @@ HTTP_DAY = date(2026, 11, 18)
 """The simulated service day: a past Wednesday (the service refuses states from the future)."""
 
 
-def start_service(db_url: str, timeout_s: float = 60.0) -> tuple[subprocess.Popen[bytes], str]:
-    """``gridcharge serve`` in its own process on a free loopback port, background loops off
-    (the simulation decides when to re-plan)."""
+def start_service(
+    db_url: str, timeout_s: float = 60.0, background: bool = False
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``gridcharge serve`` in its own process on a free loopback port; background loops off by
+    default (the simulation decides when to re-plan)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    env = {**os.environ, "GRIDCHARGE_DATABASE_URL": db_url, "GRIDCHARGE_BACKGROUND": "false"}
+    env = {
+        **os.environ,
+        "GRIDCHARGE_DATABASE_URL": db_url,
+        "GRIDCHARGE_BACKGROUND": "true" if background else "false",
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "optimizer.cli", "serve", "--port", str(port)],
         env=env,

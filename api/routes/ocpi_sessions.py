@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 
 from api.db import transaction, utcnow
 from api.deps import require
-from api.metrics import ACTIVE_SESSIONS, STATES_RECEIVED
+from api.metrics import STATES_RECEIVED
 from api.security import Principal
 from api.sessions import (
     MAX_BULK_STATES,
@@ -35,7 +35,6 @@ from api.sessions import (
     StateIn,
     StateReport,
     StatesResult,
-    count_plugged_in,
     iso_z,
     meter_states,
     patch_session,
@@ -172,8 +171,7 @@ def _count_states(report: StateReport) -> None:
 def _after_change(request: Request, result: SessionResult) -> None:
     if result.state in METRIC_OUTCOMES:
         STATES_RECEIVED.labels(outcome=result.state).inc()
-    with request.app.state.sessionmaker() as db:
-        ACTIVE_SESSIONS.set(count_plugged_in(db))
+    # the ACTIVE_SESSIONS gauge is set by every re-optimisation, not by a count per request
     request.app.state.events.notify("sessions")
 
 

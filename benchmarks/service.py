@@ -1,0 +1,239 @@
+"""Service load benchmark: session-state throughput and latency over loopback.
+
+Starts ``gridcharge serve`` (SQLite) in its own process, loads a 16,000-connector topology and
+16,000 active sessions, then drives load from a separate process:
+
+1. **bulk**: ``POST /v1/session-states`` with batches of 1,000 states, back to back, for a fixed
+   time: sustained states per second (target ≥ 2,000 on 2 cores);
+2. **single**: OCPI ``PATCH`` of one session with a new cumulative kWh, open-loop at 500
+   requests per second: latency percentiles (target p99 < 100 ms).
+
+Each load runs twice: with the background scheduler off, and on (it re-plans all sessions while
+the states arrive). Results are appended to ``docs/BENCHMARKS.md`` and ``docs/benchmarks.json``.
+
+Usage: ``python -m benchmarks.service [--sessions 16000] [--seconds 20]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from benchmarks.run import DOCS, machine
+
+T0 = datetime(2026, 11, 18, 6, 0, tzinfo=UTC)
+
+
+def _z(t: datetime) -> str:
+    return t.isoformat().replace("+00:00", "Z")
+
+
+def seed_service(url: str, keys: dict[str, str], sessions: int) -> list[str]:
+    """Topology for ``sessions`` connectors and one active session on each."""
+    from api.sessions import SESSION_EXAMPLE
+    from simulation.fleet import generate_scenario
+
+    raw = generate_scenario(stations=sessions // 2, seed=1, feasible=False)
+    h_op = {"Authorization": f"Token {keys['operator']}"}
+    h_cs = {"Authorization": f"Token {keys['csms']}"}
+    with httpx.Client(base_url=url, timeout=120) as c:
+        r = c.put(
+            "/v1/topology", json={"nodes": raw["nodes"], "stations": raw["stations"]}, headers=h_op
+        )
+        r.raise_for_status()
+        ids = []
+        conns = [cn["id"] for s in raw["stations"] for cn in s["connectors"]][:sessions]
+        for k, cid in enumerate(conns):
+            sid = f"b-{k:06d}"
+            body = dict(SESSION_EXAMPLE)
+            body.update(
+                id=sid,
+                evse_uid=cid,
+                start_date_time=_z(T0),
+                last_updated=_z(T0),
+                kwh=0.0,
+                status="ACTIVE",
+            )
+            c.put(f"/ocpi/2.2.1/sessions/NL/GCP/{sid}", json=body, headers=h_cs).raise_for_status()
+            ids.append(sid)
+    return ids
+
+
+def load_bulk(url: str, key: str, ids: list[str], seconds: float, out: Any) -> None:
+    """Back-to-back batches of 1,000 states with increasing timestamps (separate process)."""
+    h = {"Authorization": f"Token {key}"}
+    sent = 0
+    lat: list[float] = []
+    step = 0
+    with httpx.Client(base_url=url, timeout=60) as c:
+        t_end = time.perf_counter() + seconds
+        while time.perf_counter() < t_end:
+            step += 1
+            ts = _z(T0 + timedelta(seconds=step))
+            for i in range(0, len(ids), 1000):
+                batch = [
+                    {
+                        "session_id": s,
+                        "timestamp": ts,
+                        "kwh": 0.01 * step,
+                        "current_a": [16.0, 16.0, 16.0],
+                        "phases": 3,
+                    }
+                    for s in ids[i : i + 1000]
+                ]
+                t0 = time.perf_counter()
+                r = c.post("/v1/session-states", json=batch, headers=h)
+                lat.append(time.perf_counter() - t0)
+                r.raise_for_status()
+                sent += len(batch)
+                if time.perf_counter() >= t_end:
+                    break
+            elapsed = seconds - max(t_end - time.perf_counter(), 0)
+    out.put(
+        {
+            "states": sent,
+            "seconds": round(elapsed, 2),
+            "states_per_s": round(sent / elapsed, 0),
+            "batch_p50_ms": round(1000 * float(np.percentile(lat, 50)), 1),
+            "batch_p99_ms": round(1000 * float(np.percentile(lat, 99)), 1),
+        }
+    )
+
+
+def load_single(url: str, key: str, ids: list[str], rate: float, seconds: float, out: Any) -> None:
+    """Open-loop OCPI PATCHes at ``rate`` per second; latency of each (separate process)."""
+
+    async def run() -> dict[str, Any]:
+        h = {"Authorization": f"Token {key}"}
+        lat: list[float] = []
+        errors = 0
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+        async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as c:
+            n = int(rate * seconds)
+            start = time.perf_counter()
+            tasks = []
+
+            async def one(k: int) -> None:
+                nonlocal errors
+                sid = ids[k % len(ids)]
+                ts = T0 + timedelta(hours=1, milliseconds=k)
+                body = {"kwh": 1.0 + k * 1e-6, "last_updated": _z(ts)}
+                t0 = time.perf_counter()
+                r = await c.patch(f"/ocpi/2.2.1/sessions/NL/GCP/{sid}", json=body, headers=h)
+                lat.append(time.perf_counter() - t0)
+                if r.status_code >= 400:
+                    errors += 1
+
+            for k in range(n):
+                delay = start + k / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(one(k)))
+            await asyncio.gather(*tasks)
+            achieved = n / (time.perf_counter() - start)
+        arr = np.array(lat) * 1000
+        return {
+            "requests": n,
+            "rate_target": rate,
+            "rate_achieved": round(achieved, 1),
+            "errors": errors,
+            "p50_ms": round(float(np.percentile(arr, 50)), 1),
+            "p95_ms": round(float(np.percentile(arr, 95)), 1),
+            "p99_ms": round(float(np.percentile(arr, 99)), 1),
+        }
+
+    out.put(asyncio.run(run()))
+
+
+def in_process(target: Any, *args: Any) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=target, args=(*args, q))
+    p.start()
+    res: dict[str, Any] = q.get()
+    p.join()
+    return res
+
+
+def bench(sessions: int, seconds: float, background: bool) -> dict[str, Any]:
+    from api.db import make_engine, make_sessionmaker, migrate, transaction
+    from api.security import create_key
+    from optimizer.demo import start_service
+
+    tmp = Path(tempfile.mkdtemp())
+    url_db = f"sqlite:///{tmp / 'bench.db'}"
+    migrate(url_db)
+    engine = make_engine(url_db)
+    with transaction(make_sessionmaker(engine)) as db:
+        keys = {r: create_key(db, r) for r in ("csms", "operator")}
+    engine.dispose()
+    proc, url = start_service(url_db, background=background)
+    try:
+        t0 = time.perf_counter()
+        ids = seed_service(url, keys, sessions)
+        seed_s = time.perf_counter() - t0
+        bulk = in_process(load_bulk, url, keys["csms"], ids, seconds)
+        single = in_process(load_single, url, keys["csms"], ids, 500.0, seconds)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return {
+        "sessions": sessions,
+        "background": background,
+        "seed_s": round(seed_s, 1),
+        "bulk": bulk,
+        "single": single,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--sessions", type=int, default=16000)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    args = ap.parse_args()
+    rows = []
+    for background in (False, True):
+        print(f"service benchmark: {args.sessions} sessions, background={background}", flush=True)
+        row = bench(args.sessions, args.seconds, background)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    where = machine()
+    md = DOCS / "BENCHMARKS.md"
+    text = md.read_text() if md.exists() else "# Benchmarks\n"
+    section = [
+        f"\n### Service load, run {when}\n",
+        f"Machine: {where}. Server: `gridcharge serve` (1 worker, SQLite); load from a separate "
+        f"process over loopback; {args.sessions:,} active sessions; {args.seconds:.0f} s per load. "
+        "Targets: bulk ≥ 2,000 states/s; single updates p99 < 100 ms at 500/s.\n",
+        "| background scheduler | bulk states/s | bulk batch p99 ms | single rate achieved /s "
+        "| single p50 ms | single p99 ms | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        b, s = r["bulk"], r["single"]
+        section.append(
+            f"| {'on' if r['background'] else 'off'} | {b['states_per_s']:,.0f} | "
+            f"{b['batch_p99_ms']} | {s['rate_achieved']} | {s['p50_ms']} | {s['p99_ms']} | "
+            f"{s['errors']} |"
+        )
+    md.write_text(text.rstrip("\n") + "\n" + "\n".join(section) + "\n")
+    raw_path = DOCS / "benchmarks.json"
+    history = json.loads(raw_path.read_text()) if raw_path.exists() else []
+    history.append({"when": when, "machine": where, "service": rows})
+    raw_path.write_text(json.dumps(history, indent=1) + "\n")
+    print(f"wrote {md}")
+
+
+if __name__ == "__main__":
+    main()
