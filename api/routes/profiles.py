@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
@@ -28,7 +28,10 @@ def list_profiles(
     db: DbDep,
     principal: Annotated[Principal, Depends(require("csms", "operator"))],
     changed_since: Annotated[
-        int, Query(ge=0, description="Return profiles whose cursor is above this (0: all).")
+        int,
+        Query(
+            ge=0, le=2**31 - 1, description="Return profiles whose cursor is above this (0: all)."
+        ),
     ] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Profiles per page.")] = 100,
 ) -> dict[str, Any]:
@@ -83,7 +86,7 @@ def _ocpi(status_code: int, message: str, http_status: int = 200) -> JSONRespons
     },
 )
 def post_result(
-    item_id: int,
+    item_id: Annotated[int, Path(ge=1, le=2**31 - 1, description="Outbox item id.")],
     request: Request,
     principal: Annotated[Principal, Depends(require("csms"))],
     body: Annotated[dict[str, Any], Body(examples=[{"result": "ACCEPTED"}])],
