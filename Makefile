@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-pg serve lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,6 +18,22 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+# The API tests against a real PostgreSQL server: a throw-away one from .ci/postgres.sh (stopped
+# afterwards), or the one GRIDCHARGE_TEST_DATABASE_URL already names (the role needs CREATEDB).
+test-pg: $(STAMP)
+	@bash -c 'set -euo pipefail; \
+	  if [ -z "$${GRIDCHARGE_TEST_DATABASE_URL:-}" ]; then \
+	    source .ci/postgres.sh; \
+	    trap gridcharge_pg_cleanup EXIT; trap "exit 130" INT; trap "exit 143" TERM; \
+	  fi; \
+	  echo "$(BIN)/pytest -q tests/api  (GRIDCHARGE_TEST_DATABASE_URL=$$GRIDCHARGE_TEST_DATABASE_URL)"; \
+	  $(BIN)/pytest -q tests/api'
+
+# The service on http://127.0.0.1:8000 (settings from GRIDCHARGE_* variables, e.g.
+# GRIDCHARGE_DATABASE_URL; keys: .venv/bin/gridcharge keys create --role admin).
+serve: $(STAMP)
+	$(BIN)/gridcharge serve
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

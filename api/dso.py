@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -241,11 +241,18 @@ class ValuesMap(BaseModel):
     values: list[Any]
 
 
+def _iso_text(value: Any) -> Any:
+    """OpenADR times are ISO-8601 text; a number (epoch seconds) is refused, not guessed."""
+    if not isinstance(value, str):
+        raise ValueError("must be an ISO-8601 date-time string with a UTC offset")
+    return value
+
+
 class IntervalPeriod(BaseModel):
-    """OpenADR ``intervalPeriod``; ``start`` must carry a UTC offset."""
+    """OpenADR ``intervalPeriod``; ``start`` must be ISO-8601 text with a UTC offset."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
-    start: AwareDatetime
+    start: Annotated[AwareDatetime, BeforeValidator(_iso_text)]
     duration: str | None = Field(default=None, description="ISO 8601 duration; must be PT15M.")
     randomize_start: str | None = Field(default=None, alias="randomizeStart")
 

@@ -517,3 +517,11 @@ def test_openapi_lists_the_dso_routes(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert "/v1/dso/{region}/profiles/{date}" in paths and "/openadr3/events" in paths
     assert "/v1/dso/{region}/compliance" in paths
+
+
+def test_openadr_start_as_a_number_is_refused(client: TestClient, topo: dict[str, str]) -> None:
+    keys = topo
+    event = copy.deepcopy(OADR_EXAMPLE)
+    event["intervalPeriod"]["start"] = 0
+    r = client.post("/openadr3/events", json=event, headers=auth(keys["operator"]))
+    assert r.status_code == 422 and "intervalPeriod.start" in r.json()["detail"]
