@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 
 from api.db import make_engine, make_sessionmaker, migrate
 from api.events import Events
-from api.routes import health, schedules, topology
+from api.routes import dso, health, ocpi_sessions, profiles, runs, schedules, topology
 from api.settings import Settings, get_settings
 
 DESCRIPTION = """
@@ -115,35 +115,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    app.include_router(health.router)
-    app.include_router(schedules.router)
-    app.include_router(topology.router)
-    _include_optional_routers(app)
+    for module in (health, schedules, topology, ocpi_sessions, profiles, dso, runs):
+        app.include_router(module.router)
     return app
 
 
-def _include_optional_routers(app: FastAPI) -> None:
-    """Routers of the other resources (sessions, profiles, DSO), when present."""
-    import importlib
-
-    for name in ("ocpi_sessions", "profiles", "dso", "runs"):
-        try:
-            module = importlib.import_module(f"api.routes.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"api.routes.{name}":
-                raise
-            continue
-        app.include_router(module.router)
-
-
 def _start_background(app: FastAPI, cfg: Settings) -> list[Any]:
-    """Start the scheduler and outbox loops, when present."""
-    loops: list[Any] = []
-    try:
-        from api.background import start_loops
-    except ModuleNotFoundError as exc:
-        if exc.name != "api.background":
-            raise
-        return loops
-    loops.extend(start_loops(app, cfg))
-    return loops
+    """Start the scheduler and outbox loops."""
+    from api.background import start_loops
+
+    return list(start_loops(app, cfg))

@@ -83,7 +83,7 @@ HTTP_DAY = date(2026, 11, 18)
 
 
 def start_service(
-    db_url: str, timeout_s: float = 60.0, background: bool = False
+    db_url: str, timeout_s: float = 60.0, background: bool = False, workers: int = 1
 ) -> tuple[subprocess.Popen[bytes], str]:
     """``gridcharge serve`` in its own process on a free loopback port; background loops off by
     default (the simulation decides when to re-plan)."""
@@ -96,7 +96,8 @@ def start_service(
         "GRIDCHARGE_BACKGROUND": "true" if background else "false",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "optimizer.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "optimizer.cli", "serve", "--port", str(port),
+         "--workers", str(workers)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
