@@ -209,15 +209,21 @@ def main() -> None:
         rows.append(row)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     where = machine()
+    append_results(to_markdown(rows, when, where), {"when": when, "machine": where, "rows": rows})
+
+
+def append_results(section: str, record: dict[str, Any]) -> None:
+    """Append a markdown section to docs/BENCHMARKS.md and a record to docs/benchmarks.json,
+    keeping every earlier run."""
     DOCS.mkdir(exist_ok=True)
     md = DOCS / "BENCHMARKS.md"
     old = md.read_text() if md.exists() else HEADER
     if not old.startswith("# Benchmarks"):
         old = HEADER + old
-    md.write_text(old.rstrip("\n") + "\n\n" + to_markdown(rows, when, where))
+    md.write_text(old.rstrip("\n") + "\n\n" + section.strip("\n") + "\n")
     raw_path = DOCS / "benchmarks.json"
     history = json.loads(raw_path.read_text()) if raw_path.exists() else []
-    history.append({"when": when, "machine": where, "rows": rows})
+    history.append(record)
     raw_path.write_text(json.dumps(history, indent=1) + "\n")
     print(f"wrote {md}")
 

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from benchmarks.run import DOCS, machine
+from benchmarks.run import append_results, machine
 
 T0 = datetime(2026, 11, 18, 6, 0, tzinfo=UTC)
 
@@ -244,10 +244,8 @@ def main() -> None:
         rows.append(row)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     where = machine()
-    md = DOCS / "BENCHMARKS.md"
-    text = md.read_text() if md.exists() else "# Benchmarks\n"
     section = [
-        f"\n### Service load, run {when}\n",
+        f"### Service load, run {when}\n",
         f"Machine: {where}. Server: `gridcharge serve` (1 worker, SQLite); load from a separate "
         f"process over loopback; {args.sessions:,} active sessions; {args.seconds:.0f} s per load. "
         "Targets: bulk ≥ 2,000 states/s; single updates p99 < 100 ms at 500/s.\n",
@@ -262,12 +260,7 @@ def main() -> None:
             f"{b['batch_p99_ms']} | {s['rate_achieved']} | {s['p50_ms']} | {s['p99_ms']} | "
             f"{s['errors']} |"
         )
-    md.write_text(text.rstrip("\n") + "\n" + "\n".join(section) + "\n")
-    raw_path = DOCS / "benchmarks.json"
-    history = json.loads(raw_path.read_text()) if raw_path.exists() else []
-    history.append({"when": when, "machine": where, "service": rows})
-    raw_path.write_text(json.dumps(history, indent=1) + "\n")
-    print(f"wrote {md}")
+    append_results("\n".join(section), {"when": when, "machine": where, "service": rows})
 
 
 if __name__ == "__main__":
