@@ -96,8 +96,16 @@ def start_service(
         "GRIDCHARGE_BACKGROUND": "true" if background else "false",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "optimizer.cli", "serve", "--port", str(port),
-         "--workers", str(workers)],
+        [
+            sys.executable,
+            "-m",
+            "optimizer.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
