@@ -96,6 +96,8 @@ class Network:
     target_kw: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     cap_kw: dict[str, np.ndarray] = field(default_factory=dict)
     price_eur_per_mwh: np.ndarray | None = None
+    _memo: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    """Derived arrays computed once (see :meth:`uncontrolled_share_a`)."""
 
     @property
     def steps(self) -> int:
@@ -119,20 +121,29 @@ class Network:
 
         Every plugged-in session gets ``min(connector limit, station limit / m)`` where ``m`` is
         the largest number of the station's plugged-in sessions on any phase it draws on.
+        Computed once per network (the result is read-only).
         """
+        cached = self._memo.get("uncontrolled_share_a")
+        if cached is not None:
+            return cached
         present = self.presence().astype(np.float64)
-        n_st = len(self.station_ids)
-        out = np.zeros((self.n_sessions, self.steps))
-        m = np.zeros_like(out)
+        n, n_st = self.n_sessions, len(self.station_ids)
+        m = np.zeros((n, self.steps))
         for ph in range(3):
-            on = self.phase_mask[:, ph]
-            count = np.zeros((n_st, self.steps))
-            np.add.at(count, self.session_station[on], present[on])
-            per_session = count[self.session_station]
-            m = np.where(on[:, None], np.maximum(m, per_session), m)
+            on = np.nonzero(self.phase_mask[:, ph])[0]
+            if on.size == 0:
+                continue
+            # sessions per station and step on this phase: a stations × sessions indicator
+            member = sp.csr_matrix(
+                (np.ones(on.size), (self.session_station[on], on)), shape=(n_st, n)
+            )
+            per_session = (member @ present)[self.session_station[on]]
+            m[on] = np.maximum(m[on], per_session)
         with np.errstate(divide="ignore"):
             share = self.station_limit_a[self.session_station] / np.maximum(m, 1.0)
         out = np.minimum(self.max_a[:, None], share) * present
+        out.flags.writeable = False
+        self._memo["uncontrolled_share_a"] = out
         return out
 
 
