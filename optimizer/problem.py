@@ -53,6 +53,11 @@ class ChargingProblem:
 
     Attributes
     ----------
+    net : Network | None
+        The compiled network (``None`` for a part shipped to another process, see
+        :mod:`optimizer.decompose`).
+    dt_h : float
+        Step length [h].
     var_session, var_step : numpy.ndarray
         Session and step of each current variable.
     i_lo_a, i_hi_a : numpy.ndarray
@@ -87,8 +92,9 @@ class ChargingProblem:
         Variables of ``pause_consent`` sessions (semi-continuous: 0 or at least ``i_req_a``).
     """
 
-    net: Network
+    net: Network | None
     weights: Weights
+    dt_h: float
     var_session: np.ndarray
     var_step: np.ndarray
     i_lo_a: np.ndarray
@@ -114,12 +120,10 @@ class ChargingProblem:
     def n_vars(self) -> int:
         return int(self.var_session.size)
 
-    @property
-    def dt_h(self) -> float:
-        return self.net.dt_h
-
     def currents(self, x: np.ndarray) -> np.ndarray:
         """Spread a solution vector to a ``sessions × steps`` current matrix [A]."""
+        if self.net is None:
+            raise ValueError("net: a part of a problem has no network to spread currents on")
         out = np.zeros((self.net.n_sessions, self.net.steps))
         out[self.var_session, self.var_step] = x
         return out
@@ -217,12 +221,15 @@ def build_problem(
         (kwh[keep], (e_rows[keep], np.nonzero(keep)[0])), shape=(energy_session.size, nv)
     )
 
-    limit_rows, limit_rhs, limit_group, limit_step = _limit_rows(net, present, var_of, hi)
+    limit_rows, limit_rhs, limit_group, limit_step = _limit_rows(
+        net, present, var_session, var_step
+    )
     target_rows, target_kw = _target_rows(net, var_of, kw)
 
     return ChargingProblem(
         net=net,
         weights=w,
+        dt_h=dt_h,
         var_session=var_session,
         var_step=var_step,
         i_lo_a=lo,
@@ -247,31 +254,30 @@ def build_problem(
 
 
 def _limit_rows(
-    net: Network, present: np.ndarray, var_of: np.ndarray, hi: np.ndarray
+    net: Network, present: np.ndarray, var_session: np.ndarray, var_step: np.ndarray
 ) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray, np.ndarray]:
     """Rows ``Σ_s coef[g, s] · i[s, t] ≤ limit[g, t]`` for every (group, step) that can bind.
 
     A row whose members cannot exceed the limit even at their maximum current is dropped.
     """
     groups = net.groups
-    nv = hi.size
+    nv = var_session.size
     if groups.n == 0 or nv == 0:
         return sp.csr_matrix((0, nv)), np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64)
     max_a = net.max_a
     most = groups.coef @ (present * max_a[:, None])  # groups × steps, at every maximum
     can_bind = (most > groups.limit + 1e-9) & ~groups.dominated[:, None]
     bind_g, bind_t = np.nonzero(can_bind)
-    coef = groups.coef.tocsr()
-    counts = np.diff(coef.indptr)[bind_g]
-    row_rep = np.repeat(np.arange(bind_g.size), counts)
-    starts = coef.indptr[bind_g]
-    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    entry = np.repeat(starts, counts) + offsets
-    sess = coef.indices[entry]
-    val = coef.data[entry]
-    var = var_of[sess, bind_t[row_rep]]
-    ok = var >= 0
-    rows = sp.csr_matrix((val[ok], (row_rep[ok], var[ok])), shape=(bind_g.size, nv))
+    n_rows = bind_g.size
+    row_of = np.full(groups.limit.shape, -1, dtype=np.int64)  # (group, step) -> row or -1
+    row_of[bind_g, bind_t] = np.arange(n_rows)
+    # every variable's group memberships: the rows of a sessions × groups matrix, one per
+    # variable; the entry (variable, group) lands in row (group, variable's step) when built
+    member = groups.coef.T.tocsr()[var_session]
+    entry_var = np.repeat(np.arange(nv), np.diff(member.indptr))
+    row = row_of[member.indices, var_step[entry_var]]
+    ok = row >= 0
+    rows = sp.csr_matrix((member.data[ok], (row[ok], entry_var[ok])), shape=(n_rows, nv))
     rhs = groups.limit[bind_g, bind_t]
     return rows, rhs, bind_g, bind_t
 
