@@ -3,8 +3,9 @@
 Step by step, every charging session first gets its no-pause level (the minimum current, or the
 opt-out share; less only in the step the car becomes full). The remaining headroom of every limit
 group is then handed out in priority buckets of increasing laxity (time left minus time still
-needed at full current). Inside a bucket each session's request is scaled by the tightest
-headroom ratio of the groups it belongs to, a few rounds at a time, so no limit is exceeded.
+needed at full current; bucket edges :data:`LAXITY_EDGES_STEPS`). Inside a bucket each
+session's request is scaled by the tightest headroom ratio of the groups it belongs to, a few
+rounds at a time, so no limit is exceeded.
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ import numpy as np
 from optimizer.network import Network
 from optimizer.problem import required_level_a
 
-BUCKETS = 6
+LAXITY_EDGES_STEPS = (1.0, 2.0, 4.0, 8.0, 16.0)
+"""Upper laxity edges [steps] of the priority buckets (the last bucket takes the rest).
+
+Fixed edges, not equal-count splits: a session's bucket depends only on its own laxity, so the
+greedy schedule of one DSO region never depends on the sessions of another region and the
+independent parts of the LP (:mod:`optimizer.decompose`) get the same anchor whether they are
+solved together or apart."""
 ROUNDS = 3
 
 
@@ -44,7 +51,7 @@ def greedy_currents_a(net: Network) -> np.ndarray:
     remaining = deliverable_need_kwh(net)
     kwh_per_a = net.kw_per_a * net.dt_h
     req_all = required_level_a(net)
-    coef = net.groups.coef.tocsr()
+    coef = net.groups.coef.tocsc()  # columns sliced to the sessions charging in each step
     member_t = coef.T.tocsr()  # sessions × groups: the groups each session belongs to
     indptr = member_t.indptr
     group_of = member_t.indices
@@ -59,11 +66,15 @@ def greedy_currents_a(net: Network) -> np.ndarray:
         lo = np.where(active & ~net.pause_consent, np.minimum(req_all[:, t], hi), 0.0)
         alloc = lo.copy()
         limit = net.groups.limit[:, t]
+        idx = np.nonzero(active)[0]
+        coef_t = coef[:, idx]
         steps_left = net.end - t
         laxity = steps_left - remaining / np.maximum(max_step_kwh, 1e-12)
-        idx = np.nonzero(active)[0]
         order = idx[np.argsort(laxity[idx], kind="stable")]
-        for bucket in np.array_split(order, min(BUCKETS, order.size)):
+        cuts = np.searchsorted(laxity[order], LAXITY_EDGES_STEPS, side="left")
+        for bucket in np.split(order, cuts):
+            if bucket.size == 0:
+                continue
             free = bucket[n_groups[bucket] == 0]  # in no limit group: only its own bounds
             alloc[free] = hi[free]
             bucket = bucket[n_groups[bucket] > 0]
@@ -77,8 +88,8 @@ def greedy_currents_a(net: Network) -> np.ndarray:
             for _ in range(ROUNDS):
                 if bucket.size == 0 or want[bucket].max() <= 1e-9:
                     break
-                headroom = np.maximum(limit - coef @ alloc, 0.0)
-                demand = coef @ want
+                headroom = np.maximum(limit - coef_t @ alloc[idx], 0.0)
+                demand = coef_t @ want[idx]
                 with np.errstate(divide="ignore", invalid="ignore"):
                     ratio = np.where(demand > 1e-12, np.minimum(headroom / demand, 1.0), 1.0)
                 # a session's factor: the tightest ratio among its groups
