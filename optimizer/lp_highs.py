@@ -135,12 +135,7 @@ class HighsTwin:
         ncol = self.off_z + n_b
         self.ncol = ncol
 
-        costs = objective_columns(p)
-        cost = np.concatenate([costs["i"], costs["u"], costs["slack"], costs["dev"], np.zeros(n_b)])
-        seg_ub = p.u_hi_kwh
-        col_lo = np.concatenate([p.i_lo_a, np.zeros(n_e * K + n_l + 2 * n_t + n_b)])
-        col_hi = np.concatenate([p.i_hi_a, seg_ub, np.full(n_l + 2 * n_t, _INF), np.ones(n_b)])
-
+        cost, col_lo, col_hi = self._column_vectors()
         blocks = [
             self._energy_block(n_e, K),
             self._limit_block(n_l),
@@ -171,6 +166,36 @@ class HighsTwin:
             lp.integrality_ = [highspy.HighsVarType(int(v)) for v in integrality]
         self.is_mip = n_b > 0
         self.h.passModel(lp)
+
+    def _column_vectors(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Cost, lower and upper bound of every column."""
+        p = self.p
+        K = len(UNMET_SEGMENT_SLOPES)
+        n_e, n_l = p.energy_session.size, p.limit_rhs.size
+        n_t, n_b = p.target_kw.size, p.binary_vars.size
+        costs = objective_columns(p)
+        cost = np.concatenate([costs["i"], costs["u"], costs["slack"], costs["dev"], np.zeros(n_b)])
+        col_lo = np.concatenate([p.i_lo_a, np.zeros(n_e * K + n_l + 2 * n_t + n_b)])
+        col_hi = np.concatenate([p.i_hi_a, p.u_hi_kwh, np.full(n_l + 2 * n_t, _INF), np.ones(n_b)])
+        return cost, col_lo, col_hi
+
+    def update(self, problem: ChargingProblem) -> None:
+        """Take over the bounds, costs and right-hand sides of ``problem``, which must have the
+        same columns, rows and matrix as the model's (no binaries); the basis stays, so the next
+        solve is warm."""
+        if problem.binary_vars.size or self.p.binary_vars.size:
+            raise ValueError("problem: a model with binaries is rebuilt, not updated")
+        self.p = problem
+        cost, col_lo, col_hi = self._column_vectors()
+        idx = np.arange(self.ncol, dtype=np.int32)
+        self.h.changeColsCost(self.ncol, idx, cost)
+        self.h.changeColsBounds(self.ncol, idx, col_lo, col_hi)
+        n_e, n_l, n_t = problem.energy_session.size, problem.limit_rhs.size, problem.target_kw.size
+        row_lo = np.concatenate([problem.need_eff_kwh, np.full(n_l, -_INF), problem.target_kw])
+        row_hi = np.concatenate([problem.need_eff_kwh, problem.limit_rhs, problem.target_kw])
+        rows = np.arange(n_e + n_l + n_t, dtype=np.int32)
+        # in highspy, though missing from its type stubs
+        self.h.changeRowsBounds(rows.size, rows, row_lo, row_hi)  # type: ignore[attr-defined]
 
     def _pad(self, left: sp.spmatrix, blocks: list[tuple[int, sp.spmatrix]]) -> sp.csr_matrix:
         """Place column blocks at their offsets in a row block."""
@@ -234,6 +259,9 @@ class HighsTwin:
         info = self.h.getInfo()
         has_sol = info.primal_solution_status == 2  # kSolutionStatusFeasible
         nv = self.p.n_vars
+        if status == highspy.HighsModelStatus.kModelEmpty:
+            # nothing to decide (e.g. a part whose cars are all full)
+            return LpSolution(np.zeros(nv), "optimal", 0.0, 0.0, elapsed, np.zeros(0))
         if status == highspy.HighsModelStatus.kOptimal:
             state = "optimal"
         elif has_sol and status in (

@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from optimizer.decompose import PartitionedTwin
 from optimizer.greedy import greedy_currents_a
-from optimizer.lp_highs import HighsTwin, LpSolution
+from optimizer.lp_highs import LpSolution
 from optimizer.network import Network, compile_network
 from optimizer.problem import ChargingProblem, Weights, build_problem, objective_value
 from optimizer.result import build_schedule, no_pause_dips
 from optimizer.scenario import Scenario
 from optimizer.uncontrolled import uncontrolled_currents_a
+from optimizer.warm import KeyBook, WarmState
 
 METHODS = ("lp", "milp", "greedy", "uncontrolled")
 DEFAULT_MILP_TIME_LIMIT_S = 60.0
@@ -39,12 +42,39 @@ ESCALATE_ROUND = 3
 Progress = Callable[[str], None]
 
 
+@dataclass
+class LiveState:
+    """Solver state a live engine keeps between solves (:class:`optimizer.engine.LiveEngine`)."""
+
+    book: KeyBook = field(default_factory=KeyBook)
+    warm: WarmState | None = None
+
+
 def make_twin(
-    problem: ChargingProblem, backend: str, time_limit_s: float | None, mip_rel_gap: float
+    problem: ChargingProblem,
+    backend: str,
+    time_limit_s: float | None,
+    mip_rel_gap: float,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    live: LiveState | None = None,
 ) -> Any:
-    """The live solver model for ``backend`` (``highs`` direct twin or ``pyomo``)."""
+    """The live solver model for ``backend``.
+
+    ``highs``: the direct twin, one live model per independent part of the problem
+    (:mod:`optimizer.decompose`), solved side by side on ``workers`` threads or, with a
+    ``scheduler`` address, on a Dask cluster. ``pyomo``: the readable model, in one piece.
+    """
     if backend == "highs":
-        return HighsTwin(problem, time_limit_s=time_limit_s, mip_rel_gap=mip_rel_gap)
+        return PartitionedTwin(
+            problem,
+            time_limit_s=time_limit_s,
+            mip_rel_gap=mip_rel_gap,
+            workers=workers,
+            scheduler=scheduler,
+            book=live.book if live else None,
+            warm=live.warm if live else None,
+        )
     if backend == "pyomo":
         from optimizer.lp_pyomo import PyomoTwin
 
@@ -64,6 +94,7 @@ def repair_bounds(
     never worse than the anchor.
     """
     net = problem.net
+    assert net is not None, "repair works on a whole problem"
     dips = no_pause_dips(net, current_a)
     sessions = np.unique(np.nonzero(dips)[0])
     if sessions.size == 0:
@@ -91,6 +122,9 @@ def solve_lp(
     mip_rel_gap: float = 1e-4,
     weights: Weights | None = None,
     progress: Progress | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    live: LiveState | None = None,
 ) -> tuple[np.ndarray | None, dict[str, Any], str | None]:
     """Solve the LP (MILP with pause-consent sessions) with the no-pause repair loop.
 
@@ -112,9 +146,31 @@ def solve_lp(
             "time_s": round(time.perf_counter() - t0, 4),
         }
         return np.zeros((net.n_sessions, net.steps)), empty, None
-    twin = make_twin(problem, backend, time_limit_s, mip_rel_gap)
+    twin = make_twin(problem, backend, time_limit_s, mip_rel_gap, workers, scheduler, live)
+    try:
+        current, info, reason = _repair_loop(problem, twin, greedy, t0, time_limit_s, progress)
+        if isinstance(twin, PartitionedTwin):
+            info["parts_by_start"] = twin.how()
+            if live is not None and current is not None:
+                live.warm = twin.state()
+        return current, info, reason
+    finally:
+        if hasattr(twin, "close"):
+            twin.close()
+
+
+def _repair_loop(
+    problem: ChargingProblem,
+    twin: Any,
+    greedy: np.ndarray,
+    t0: float,
+    time_limit_s: float | None,
+    progress: Progress | None,
+) -> tuple[np.ndarray | None, dict[str, Any], str | None]:
+    """Solve, pin sessions that break the no-pause rule, re-solve warm; compare with greedy."""
     info: dict[str, Any] = {
         "name": twin.name,
+        "parts": getattr(twin, "n_parts", 1),
         "build_s": round(time.perf_counter() - t0, 4),
         "rounds": 0,
         "variables": problem.n_vars,
@@ -175,8 +231,15 @@ def solve_network(
     mip_rel_gap: float = 1e-4,
     weights: Weights | None = None,
     progress: Progress | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    live: LiveState | None = None,
 ) -> dict[str, Any]:
-    """Schedule a compiled network; returns the schedule dict (``docs/formats.md``)."""
+    """Schedule a compiled network; returns the schedule dict (``docs/formats.md``).
+
+    ``workers`` and ``scheduler`` choose where the independent parts of the LP solve: threads
+    on this machine (default: one per core) or a Dask cluster at ``tcp://host:port``.
+    """
     if method not in METHODS:
         raise ValueError(f"method: unknown method {method!r} (choose from {METHODS})")
     t0 = time.perf_counter()
@@ -208,6 +271,9 @@ def solve_network(
         mip_rel_gap=mip_rel_gap,
         weights=weights,
         progress=progress,
+        workers=workers,
+        scheduler=scheduler,
+        live=live,
     )
     label = "milp" if net.pause_consent.any() else "lp"
     if cur_lp is None:

@@ -103,3 +103,36 @@ def random_scenario(
     if prices and rng.random() < 0.5:
         scenario["prices_eur_per_mwh"] = [float(v) for v in rng.uniform(-20, 300, steps)]
     return scenario
+
+
+def random_regions(seed: int, *, regions: int = 3, **kwargs: Any) -> dict[str, Any]:
+    """Several independent :func:`random_scenario` regions side by side in one scenario.
+
+    Region ``k``'s ids carry the prefix ``r{k}.``; they share the grid and the prices (taken
+    from region 0), nothing else, so the LP falls apart into one part per region.
+    """
+    out: dict[str, Any] | None = None
+    for k in range(regions):
+        one = random_scenario(seed * 1_000 + k, **kwargs)
+        pre = f"r{k}."
+        for node in one["nodes"]:
+            node["id"] = pre + node["id"]
+            if node.get("parent"):
+                node["parent"] = pre + node["parent"]
+        for st in one["stations"]:
+            st["id"] = pre + st["id"]
+            st["node"] = pre + st["node"]
+            for c in st["connectors"]:
+                c["id"] = pre + c["id"]
+        for s in one["sessions"]:
+            s["id"] = pre + s["id"]
+            s["connector"] = pre + s["connector"]
+        for prof in one["dso_profiles"]:
+            prof["node"] = pre + prof["node"]
+        if out is None:
+            out = one
+            continue
+        for key in ("nodes", "stations", "sessions", "dso_profiles"):
+            out[key].extend(one[key])
+    assert out is not None
+    return out
