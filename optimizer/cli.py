@@ -105,6 +105,14 @@ def schedule(
         float | None, typer.Option("--time-limit", help="Solver budget [s].")
     ] = None,
     backend: Annotated[str, typer.Option(help="highs (direct twin) | pyomo")] = "highs",
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Independent parts (DSO regions) solved at once [default: cores]."),
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="Dask scheduler tcp://HOST:PORT to solve the parts on a cluster."),
+    ] = None,
 ) -> None:
     """Schedule a scenario and write the schedule file."""
     if method not in METHODS:
@@ -113,6 +121,10 @@ def schedule(
         raise fail(f"--backend: unknown backend {backend!r} (choose from highs, pyomo)")
     if time_limit is not None and not time_limit > 0:
         raise fail(f"--time-limit: must be > 0 (got {time_limit})")
+    if workers is not None and workers < 1:
+        raise fail(f"--workers: must be at least 1 (got {workers})")
+    if scheduler is not None and not scheduler.startswith(("tcp://", "tls://", "inproc://")):
+        raise fail(f"--scheduler: expected tcp://HOST:PORT (got {scheduler!r})")
     formats = _parse_profiles(profiles)
     from optimizer.network import compile_network
 
@@ -129,13 +141,18 @@ def schedule(
         transient=True,
     ) as bar:
         task = bar.add_task(f"{method}: {net.n_sessions} sessions × {net.steps} steps")
-        result = solve_network(
-            net,
-            method,
-            backend=backend,
-            time_limit_s=time_limit,
-            progress=lambda msg: bar.update(task, description=f"{method}: {msg}"),
-        )
+        try:
+            result = solve_network(
+                net,
+                method,
+                backend=backend,
+                time_limit_s=time_limit,
+                progress=lambda msg: bar.update(task, description=f"{method}: {msg}"),
+                workers=workers,
+                scheduler=scheduler,
+            )
+        except OSError as exc:  # the Dask scheduler cannot be reached
+            raise fail(f"--scheduler: {exc}") from None
     if formats:
         from optimizer.emit import attach_profiles
         from optimizer.profiles import ProfileError

@@ -86,3 +86,50 @@ def test_schema_files_match_the_code() -> None:
 
     assert json.loads((HERE / "scenario.schema.json").read_text()) == scenario_json_schema()
     assert json.loads((HERE / "schedule.schema.json").read_text()) == schedule_json_schema()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--workers", "0"], "--workers"),
+        (["--scheduler", "localhost:8786"], "--scheduler"),
+    ],
+)
+def test_bad_parallel_options_exit_2_one_line(
+    scenario_file: Path, tmp_path: Path, args: list[str], needle: str
+) -> None:
+    out = tmp_path / "schedule.json"
+    res = runner.invoke(app, ["schedule", str(scenario_file), "-o", str(out), *args])
+    assert res.exit_code == 2
+    assert needle in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_unreachable_scheduler_exit_2(
+    scenario_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from optimizer import distributed
+
+    monkeypatch.setattr(distributed, "CONNECT_TIMEOUT_S", 1.0)
+    out = tmp_path / "schedule.json"
+    res = runner.invoke(
+        app, ["schedule", str(scenario_file), "-o", str(out), "--scheduler", "tcp://127.0.0.1:9"]
+    )
+    assert res.exit_code == 2, res.output
+    assert res.output.startswith("error: --scheduler:")
+    assert not out.exists()
+
+
+def test_workers_option_gives_the_same_schedule(scenario_file: Path, tmp_path: Path) -> None:
+    files = []
+    for w in ("1", "2"):
+        out = tmp_path / f"schedule-{w}.json"
+        assert (
+            runner.invoke(
+                app, ["schedule", str(scenario_file), "-o", str(out), "--workers", w]
+            ).exit_code
+            == 0
+        )
+        files.append(json.loads(out.read_text()))
+    assert files[0]["sessions"] == files[1]["sessions"]
