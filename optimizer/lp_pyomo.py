@@ -69,6 +69,7 @@ def add_limit_family(m: pyo.ConcreteModel, p: ChargingProblem, kind: str) -> Non
     - ``node_power_limit``:    ``Σ_{s below node} i[s,t] · n_s · V/1000 − σ ≤ P_node[t]`` [kW]
     - ``dso_cap``:             ``Σ_{s below node} i[s,t] · n_s · V/1000 − σ ≤ cap[t]`` [kW]
     """
+    assert p.net is not None, "the pyomo model is built for a whole problem"
     kinds = np.asarray(p.net.groups.kind, dtype=object)
     if kinds.size == 0:
         rows_of_kind = np.zeros(0, dtype=np.int64)
