@@ -231,6 +231,8 @@ class _LazyTwin:
         self.twin: HighsTwin | None = None
         self.how = "cold"
         self.repaired = False
+        self.deadline: float | None = None
+        """End of the solve's wall-clock budget (``time.perf_counter`` time)."""
 
     def _get(self) -> HighsTwin:
         if self.twin is not None:
@@ -250,7 +252,15 @@ class _LazyTwin:
         return self.twin
 
     def solve(self) -> LpSolution:
-        return self._get().solve()
+        twin = self._get()
+        if self.deadline is not None:
+            # the budget is wall time for the whole problem: a part gets what is left of it
+            left = self.deadline - time.perf_counter()
+            if left <= 0:
+                n = self.problem.n_vars
+                return LpSolution(np.zeros(n), "failed", float("nan"), None, 0.0, np.zeros(0))
+            twin.h.setOptionValue("time_limit", float(left))
+        return twin.solve()
 
     def set_current_lower(self, var: np.ndarray, lo_a: np.ndarray) -> None:
         self.repaired = True
@@ -321,6 +331,10 @@ class PartitionedTwin:
             # (holding the GIL) while the other solves (HiGHS releases it)
             self._pool = ThreadPoolExecutor(max_workers=workers or None)
             self.solvers = self._local_solvers(options, warm)
+            deadline = None if time_limit_s is None else t0 + time_limit_s
+            for solver in self.solvers:  # kept models too: this solve's budget
+                if isinstance(solver, _LazyTwin):
+                    solver.deadline = deadline
         self.owner = np.empty(problem.n_vars, dtype=np.int64)
         self.local = np.empty(problem.n_vars, dtype=np.int64)
         for k, pt in enumerate(self.parts):
