@@ -23,6 +23,7 @@ published profile of an unchanged session keeps its older start; from now on it 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from api.models import OutboxItem, Profile, ProfileChange, ScheduleRun
 from api.settings import Settings
 from optimizer.checker import check_schedule, explained
 from optimizer.emit import attach_profiles
+from optimizer.engine import LiveEngine
 from optimizer.network import Network, compile_network
 from optimizer.profiles import ProfileError
 from optimizer.scenario import parse_scenario
@@ -98,11 +100,47 @@ def problems(scenario: Mapping[str, Any], net: Network, schedule: dict[str, Any]
     return []
 
 
+_ENGINES: dict[tuple[Any, ...], LiveEngine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def live_engine(settings: Settings) -> LiveEngine:
+    """The process's live engine for these settings (solver state kept between re-plans)."""
+    key = (
+        settings.database_url,
+        settings.workers,
+        settings.scheduler,
+        settings.solver_time_limit_s,
+    )
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            engine = _ENGINES[key] = LiveEngine(
+                workers=settings.workers,
+                scheduler=settings.scheduler,
+                time_limit_s=settings.solver_time_limit_s,
+            )
+        return engine
+
+
+def solve_lp(net: Network, settings: Settings) -> dict[str, Any]:
+    """The LP schedule: warm through the live engine, or a cold solve when it is switched off."""
+    if settings.live_engine:
+        return live_engine(settings).solve(net)
+    return solve_network(
+        net,
+        "lp",
+        time_limit_s=settings.solver_time_limit_s,
+        workers=settings.workers,
+        scheduler=settings.scheduler,
+    )
+
+
 def choose_schedule(scenario: Mapping[str, Any], net: Network, settings: Settings) -> Choice:
     """Solve with ``lp``; fall back to greedy when the LP result is not publishable."""
     reason: str | None
     try:
-        lp = solve_network(net, "lp", time_limit_s=settings.solver_time_limit_s)
+        lp = solve_lp(net, settings)
     except Exception as exc:  # any solver failure falls back; the reason records it
         log.exception("lp solve failed")
         reason = f"lp solve raised {type(exc).__name__}: {exc}"

@@ -34,6 +34,18 @@ class Settings(BaseSettings):
         default=2.0, ge=0, description="Wait after an event before re-optimising [s]."
     )
     solver_time_limit_s: float = Field(default=30.0, gt=0)
+    workers: int | None = Field(
+        default=None, ge=1, description="Parts (DSO regions) solved at once [default: cores]."
+    )
+    scheduler: str | None = Field(
+        default=None,
+        pattern=r"^(tcp|tls)://.+:[0-9]+$",
+        description="Dask scheduler tcp://HOST:PORT to solve the parts on (docs/scale.md).",
+    )
+    live_engine: bool = Field(
+        default=True,
+        description="Keep solver state between re-plans (warm re-solves; docs/scale.md).",
+    )
     sync_schedule_max_sessions: int = Field(
         default=2000, ge=0, description="POST /v1/schedules answers 202 with a job above this."
     )

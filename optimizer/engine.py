@@ -19,6 +19,11 @@ from optimizer.problem import Weights
 from optimizer.solve import LiveState, solve_network
 
 
+MAX_NAMES = 2_000_000
+"""Names (sessions, groups, nodes) the engine remembers before it starts afresh (cold), so a
+service running for months does not grow without bound."""
+
+
 class LiveEngine:
     """Solve a sequence of related networks, warm.
 
@@ -51,6 +56,8 @@ class LiveEngine:
     def solve(self, net: Network, method: str = "lp") -> dict[str, Any]:
         """The schedule of ``net`` (``docs/formats.md``); ``lp`` solves warm."""
         with self._lock:
+            if len(self.live.book.ids) > MAX_NAMES:
+                self.live = LiveState()
             return solve_network(
                 net,
                 method,

@@ -374,13 +374,50 @@ def test_lp_failure_publishes_the_greedy_fallback(
     monkeypatch.setattr(publish, "solve_network", broken)
     spy = Spy(monkeypatch)
     before = counter("gridcharge_fallbacks_total")
-    run = reoptimise(factory, live_settings(db_url), NOW)
+    run = reoptimise(factory, live_settings(db_url, live_engine=False), NOW)
     assert run.published and run.status == "fallback" and run.method == "greedy"
     assert run.reason is not None and "boom: solver crashed" in run.reason
     assert counter("gridcharge_fallbacks_total") == before + 1
     schedule = spy.assert_checker_valid()
     assert schedule["reason"] == run.reason
     assert sorted(profiles_of(factory)) == ["s-1", "s-2", "s-3", "s-4"]
+
+
+def test_live_engine_failure_publishes_the_greedy_fallback(
+    factory: sessionmaker[Session], db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed(factory)
+
+    class Broken:
+        def solve(self, net: Any) -> dict[str, Any]:
+            raise RuntimeError("engine lost its worker")
+
+    monkeypatch.setattr(publish, "live_engine", lambda settings: Broken())
+    run = reoptimise(factory, live_settings(db_url), NOW)
+    assert run.published and run.status == "fallback" and run.method == "greedy"
+    assert run.reason is not None and "engine lost its worker" in run.reason
+
+
+def test_replans_solve_warm_through_the_live_engine(
+    factory: sessionmaker[Session], db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed(factory)
+    spy = Spy(monkeypatch)
+    settings = live_settings(db_url, database_url=db_url)
+    reoptimise(factory, settings, NOW)
+    first = spy.assert_checker_valid()["solver"]["parts_by_start"]
+    reoptimise(factory, settings, NOW)  # nothing changed: every part keeps its solution
+    again = spy.assert_checker_valid()["solver"]["parts_by_start"]
+    assert first["reused"] == 0 and again["reused"] == sum(again.values()) >= 1
+    with transaction(factory) as db:  # s-1 needs less: its part is re-solved warm
+        row = db.get(ChargingSession, "s-1")
+        assert row is not None
+        row.kwh = 19.0
+    reoptimise(factory, settings, NOW)
+    changed = spy.assert_checker_valid()["solver"]["parts_by_start"]
+    assert changed["inplace"] + changed["mapped"] >= 1 and changed["cold"] == 0
+    cold = reoptimise(factory, live_settings(db_url, live_engine=False), NOW)
+    assert cold.objective == pytest.approx(spy.calls[-2][1].schedule["solver"]["objective"])
 
 
 def violating(net: Any, method: str = "lp", **kw: Any) -> dict[str, Any]:
@@ -401,7 +438,7 @@ def test_lp_schedule_the_checker_rejects_falls_back(
     monkeypatch.setattr(publish, "solve_network", lp_violates)
     spy = Spy(monkeypatch)
     before = counter("gridcharge_fallbacks_total")
-    run = reoptimise(factory, live_settings(db_url), NOW)
+    run = reoptimise(factory, live_settings(db_url, live_engine=False), NOW)
     assert run.status == "fallback" and run.method == "greedy" and run.published
     assert run.reason is not None and "connector_limit s-1 step 0" in run.reason
     assert counter("gridcharge_fallbacks_total") == before + 1
@@ -412,7 +449,7 @@ def test_schedule_nothing_passes_keeps_the_previous_profiles(
     factory: sessionmaker[Session], db_url: str, monkeypatch: pytest.MonkeyPatch, client: TestClient
 ) -> None:
     seed(factory)
-    settings = live_settings(db_url)
+    settings = live_settings(db_url, live_engine=False)
     reoptimise(factory, settings, NOW)
     published = profiles_of(factory)
     with transaction(factory) as db:  # new data that would change s-1's profile

@@ -163,3 +163,17 @@ def test_reset_forgets_the_state() -> None:
     engine.reset()
     again = solved(engine, raw)
     assert again["solver"]["parts_by_start"]["cold"] == again["solver"]["parts"]
+
+
+def test_the_engine_starts_afresh_when_it_remembers_too_many_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from optimizer import engine as engine_module
+
+    raw = base()
+    engine = LiveEngine()
+    solved(engine, raw)
+    monkeypatch.setattr(engine_module, "MAX_NAMES", 1)
+    again = solved(engine, raw)
+    assert again["solver"]["parts_by_start"]["cold"] == again["solver"]["parts"]
+    assert len(engine.live.book.ids) > 1  # the new book holds this solve's names
