@@ -18,7 +18,6 @@ from optimizer.network import Network
 from optimizer.problem import Weights
 from optimizer.solve import LiveState, solve_network
 
-
 MAX_NAMES = 2_000_000
 """Names (sessions, groups, nodes) the engine remembers before it starts afresh (cold), so a
 service running for months does not grow without bound."""
