@@ -34,6 +34,15 @@ def client_for(address: str) -> Any:
         return client
 
 
+def close_clients() -> None:
+    """Disconnect every client this process opened (e.g. before its cluster shuts down)."""
+    with _LOCK:
+        clients = list(_CLIENTS.values())
+        _CLIENTS.clear()
+    for client in clients:
+        client.close()
+
+
 class RemotePart:
     """The live model of one part, living on a Dask worker (an actor)."""
 

@@ -131,12 +131,19 @@ class ChargingProblem:
 
 def required_level_a(net: Network) -> np.ndarray:
     """The no-pause current [A] per session and step: the minimum, or for an opt-out session
-    the larger of the minimum and its uncontrolled share."""
+    the larger of the minimum and its uncontrolled share. Computed once per network (the
+    result is read-only)."""
+    cached = net._memo.get("required_level_a")
+    if cached is not None:
+        return cached
     req = np.repeat(net.min_a[:, None], net.steps, axis=1)
     if net.opt_out.any():
         share = net.uncontrolled_share_a()
         req[net.opt_out] = np.maximum(req[net.opt_out], share[net.opt_out])
-    return np.minimum(req, net.max_a[:, None])
+    out = np.minimum(req, net.max_a[:, None])
+    out.flags.writeable = False
+    net._memo["required_level_a"] = out
+    return out
 
 
 def build_problem(

@@ -30,6 +30,9 @@ def scheduler() -> Iterator[str]:
     try:
         yield str(cluster.scheduler_address)
     finally:
+        from optimizer.distributed import close_clients
+
+        close_clients()  # else the client keeps trying to reconnect in the background
         cluster.close()
 
 
