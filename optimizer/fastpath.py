@@ -182,7 +182,8 @@ def window_used_s(
         return np.zeros(n)
     lo = np.maximum(log_start_s, x_s[log_session] - window_s)
     hi = np.minimum(log_end_s, 0.0)
-    return np.bincount(log_session, weights=np.maximum(hi - lo, 0.0), minlength=n)[:n]
+    used = np.bincount(log_session, weights=np.maximum(hi - lo, 0.0), minlength=n)[:n]
+    return used.astype(np.float64)
 
 
 def budget_duration_s(

@@ -76,7 +76,7 @@ def test_end_earlier_than_the_isp_end_wins() -> None:
 
 def test_end_not_after_the_signal_is_refused() -> None:
     at = utc(2026, 1, 15, 10, 7)
-    with pytest.raises(FastPathError, match="^end:"):
+    with pytest.raises(FastPathError, match=r"^end:"):
         restore_time(at, at - timedelta(minutes=1))
     with pytest.raises(FastPathError, match="signal_at"):
         restore_time(datetime(2026, 1, 15, 10, 7))
@@ -257,7 +257,7 @@ def test_target_out_of_reach_curtails_everyone_eligible() -> None:
 
 
 def test_negative_target_is_refused() -> None:
-    with pytest.raises(FastPathError, match="^target_kw:"):
+    with pytest.raises(FastPathError, match=r"^target_kw:"):
         activate(**fleet(2), target_kw=-1.0)  # type: ignore[arg-type]
 
 
