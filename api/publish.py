@@ -33,7 +33,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.db import transaction, utcnow
-from api.live import build_live_scenario
+from api.live import build_live_scenario, held_sessions
 from api.metrics import (
     ACTIVE_SESSIONS,
     FALLBACKS,
@@ -298,6 +298,7 @@ def reoptimise(
     now = now or utcnow()
     with factory() as db:
         scenario = build_live_scenario(db, settings, now)
+        held = held_sessions(db, now)  # demand response holds these at their minimum
     ACTIVE_SESSIONS.set(len(scenario["sessions"]))
     net = compile_network(parse_scenario(scenario))
     choice = choose_schedule(scenario, net, settings)
@@ -321,7 +322,11 @@ def reoptimise(
         )
         db.add(run)
         db.flush()
-        changed = publish_profiles(db, run, schedule, settings) if schedule else []
+        if schedule and held:
+            kept = {s: f for s, f in schedule.get("profiles", {}).items() if s not in held}
+            changed = publish_profiles(db, run, {**schedule, "profiles": kept}, settings)
+        else:
+            changed = publish_profiles(db, run, schedule, settings) if schedule else []
         run.time_s = round(time.perf_counter() - t0, 4)
     elapsed = time.perf_counter() - t0
     SOLVE_SECONDS.observe(elapsed)
