@@ -260,7 +260,8 @@ def skip_reasons(
     In order of precedence: ``opt_out``; ``no_consent`` (its contract rule requires consent and
     it has none); ``already_curtailed`` (an earlier activation still holds it at its minimum);
     ``at_minimum`` (``i_now ≤ i_min``, nothing to release); ``budget_exhausted`` (its budget
-    allows less than ``min_duration_s``).
+    allows less than ``min_duration_s``; pass ``min_duration_s`` no larger than the activation
+    itself, so a short activation is not mistaken for an exhausted budget).
     """
     code = np.full(i_now_a.size, CHOSEN, dtype=np.int8)
     rules = (
@@ -398,7 +399,7 @@ def activate(
     tz : str or ZoneInfo
         Time zone of the settlement periods.
     min_duration_s : float
-        Shortest curtailment worth sending [s].
+        Shortest curtailment worth sending [s] (or the whole activation when that is shorter).
 
     Raises
     ------
@@ -435,7 +436,14 @@ def activate(
 
     duration = budget_duration_s(budget_s.astype(np.float64), ls, la, lb, horizon_s)
     reason = skip_reasons(
-        i_now_a, min_a, opt_out, consent_required, consent, curtailed_now, duration, min_duration_s
+        i_now_a,
+        min_a,
+        opt_out,
+        consent_required,
+        consent,
+        curtailed_now,
+        duration,
+        min(min_duration_s, horizon_s),
     )
     release = released_kw(i_now_a, min_a, n_phases, voltage_v)
     eligible = reason == CHOSEN

@@ -166,6 +166,19 @@ def test_budget_across_overlapping_activations() -> None:
     assert third.reason[1] == SKIP_REASONS.index("budget_exhausted")
 
 
+def test_short_activation_is_not_mistaken_for_an_exhausted_budget() -> None:
+    # 30 s before the ISP end: everyone is curtailed for those 30 s; a session with 20 s of
+    # budget left is not worth two profile changes
+    act = activate(
+        **fleet(2, signal_at=utc(2026, 1, 15, 10, 14, 30)),  # type: ignore[arg-type]
+        log_session=np.array([1]),
+        log_start_s=np.array([-1800.0]),
+        log_end_s=np.array([-20.0]),
+    )
+    assert act.duration_s.tolist() == [30.0, 0.0]
+    assert act.reason[1] == SKIP_REASONS.index("budget_exhausted")
+
+
 def test_session_still_curtailed_is_not_taken_again() -> None:
     act = activate(
         **fleet(2),  # type: ignore[arg-type]
