@@ -128,6 +128,11 @@ def _iso(t: datetime | None) -> str | None:
     return None if t is None else t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+def iso_z(t: datetime) -> str:
+    """``t`` in UTC, ISO-8601 with ``Z``."""
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def audit(
     db: Session,
     actor: str,

@@ -76,6 +76,30 @@ def _http(exc: dr.DrError) -> HTTPException:
     return HTTPException(exc.status, str(exc))
 
 
+AtQuery = Annotated[
+    str | None,
+    Query(
+        description="Act as of this ISO-8601 instant with offset, for simulations and replays "
+        "(operator only; default: now)",
+        json_schema_extra={"format": "date-time"},
+    ),
+]
+
+
+def _at(at: str | None, principal: Principal) -> datetime | None:
+    if at is None:
+        return None
+    if principal.role not in ("operator", "admin"):
+        raise HTTPException(403, f"at: role {principal.role!r} may not act at another time")
+    try:
+        when = datetime.fromisoformat(at)
+    except ValueError:
+        raise HTTPException(422, f"at: not an ISO-8601 date-time (got {at!r})") from None
+    if when.tzinfo is None:
+        raise HTTPException(422, f"at: needs a UTC offset (got {at!r})")
+    return when
+
+
 def _call(work: Callable[[], T]) -> T:
     try:
         return work()
@@ -97,14 +121,16 @@ def post_signal(
         SignalBody,
         Body(examples=[{"target_kw": 500.0, "reason": "short position", "end": None}]),
     ],
+    at: AtQuery = None,
 ) -> dict[str, Any]:
+    when = _at(at, principal)
     signal = dr.SignalIn(
         end=body.end,
         target_kw=body.target_kw,
         reason=body.reason,
         imbalance_price_eur_per_mwh=body.imbalance_price_eur_per_mwh,
     )
-    out, _ = _call(lambda: dr.receive_signal(_factory(request), settings, principal, signal))
+    out, _ = _call(lambda: dr.receive_signal(_factory(request), settings, principal, signal, when))
     return out
 
 
@@ -141,9 +167,13 @@ def relay(
     settings: SettingsDep,
     principal: Operator,
     body: Annotated[DecisionBody | None, Body()] = None,
+    at: AtQuery = None,
 ) -> dict[str, Any]:
     reason = body.reason if body else None
-    return _call(lambda: dr.relay_signal(_factory(request), settings, principal, signal_id, reason))
+    when = _at(at, principal)
+    return _call(
+        lambda: dr.relay_signal(_factory(request), settings, principal, signal_id, reason, when)
+    )
 
 
 @router.post(
@@ -157,11 +187,26 @@ def reject(
     settings: SettingsDep,
     principal: Operator,
     body: Annotated[DecisionBody | None, Body()] = None,
+    at: AtQuery = None,
 ) -> dict[str, Any]:
     reason = body.reason if body else None
+    when = _at(at, principal)
     return _call(
-        lambda: dr.reject_signal(_factory(request), settings, principal, signal_id, reason)
+        lambda: dr.reject_signal(_factory(request), settings, principal, signal_id, reason, when)
     )
+
+
+@router.post(
+    "/v1/demand-response/restore",
+    summary="Publish the restores due now (or at `at`); the background loop does this itself",
+    responses=_ERRORS,
+)
+def restore_now(
+    request: Request, settings: SettingsDep, principal: Operator, at: AtQuery = None
+) -> dict[str, Any]:
+    when = _at(at, principal) or utcnow()
+    restorer = dr.Restorer(_factory(request), settings)
+    return {"restored": restorer.step(when), "at": dr.iso_z(when)}
 
 
 @router.get(
