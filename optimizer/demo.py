@@ -378,7 +378,7 @@ def run_demo(out: Path, stations: int, seed: int, console: Console, http_station
             *[
                 f"| {e['at'][11:16]} | {e['status']} | {e['target_kw'] or '-'} | "
                 f"{e['sessions_curtailed']} | {e['released_kw']:.1f} | "
-                f"{(e['restore_at'] or '-')[11:16]} | "
+                f"{e['restore_at'][11:16] if e['restore_at'] else '-'} | "
                 + ", ".join(f"{k} {v}" for k, v in e["skipped"].items() if v)
                 + " |"
                 for e in day["demand_response"]

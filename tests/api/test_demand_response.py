@@ -606,3 +606,33 @@ def test_curtailment_profile_continues_the_previous_plan() -> None:
     assert alone["duration"] == 480 and alone["charging_profile_period"] == [
         {"start_period": 0, "limit": 6.0}
     ]
+
+
+def test_replay_time_is_for_operators_and_restore_can_be_triggered(
+    app_client: TestClient, factory: sessionmaker[Session], keys: dict[str, str]
+) -> None:
+    seed(factory, datetime(2026, 1, 15, 9, 0, tzinfo=UTC))
+    at = {"at": "2026-01-15T09:07:00+00:00"}
+    r = app_client.post(
+        "/v1/demand-response/signals", params=at, json={}, headers=auth(keys["brp"])
+    )
+    assert r.status_code == 403 and r.json()["detail"].startswith("at:")
+    assert count(factory, DrSignal) == 0
+    op = auth(keys["operator"])
+    sig = app_client.post("/v1/demand-response/signals", params=at, json={}, headers=op).json()
+    out = app_client.post(
+        f"/v1/demand-response/signals/{sig['signal']['id']}/relay", params=at, headers=op
+    ).json()
+    assert out["restore_at"] == "2026-01-15T09:15:00Z" and out["sessions_curtailed"] == 4
+    early = app_client.post(
+        "/v1/demand-response/restore", params={"at": "2026-01-15T09:10:00+00:00"}, headers=op
+    ).json()
+    assert early["restored"] == []
+    done = app_client.post(
+        "/v1/demand-response/restore", params={"at": "2026-01-15T09:15:00+00:00"}, headers=op
+    ).json()
+    assert done["restored"] == [out["activation_id"]]
+    acts = app_client.get("/v1/demand-response/activations", headers=auth(keys["brp"])).json()
+    assert acts[0]["restored"] and acts[0]["restore_run_id"] is not None
+    r = app_client.post("/v1/demand-response/restore", params={"at": "yesterday"}, headers=op)
+    assert r.status_code == 422 and r.json()["detail"].startswith("at:")
