@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, status
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,6 +23,7 @@ router = APIRouter(tags=["demand-response"])
 Signaller = Annotated[Principal, Depends(require("operator", "brp"))]
 Operator = Annotated[Principal, Depends(require("operator"))]
 T = TypeVar("T")
+RowId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Row id.")]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"description": "Role not allowed (a brp key may only signal)"},
@@ -148,7 +149,7 @@ def list_signals(
 
 
 @router.get("/v1/demand-response/signals/{signal_id}", summary="One signal", responses=_ERRORS)
-def get_signal(signal_id: int, db: DbDep, principal: Signaller) -> dict[str, Any]:
+def get_signal(signal_id: RowId, db: DbDep, principal: Signaller) -> dict[str, Any]:
     s = db.get(DrSignal, signal_id)
     if s is None:
         raise HTTPException(404, f"signal_id: unknown signal {signal_id}")
@@ -162,7 +163,7 @@ def get_signal(signal_id: int, db: DbDep, principal: Signaller) -> dict[str, Any
     responses=_ERRORS,
 )
 def relay(
-    signal_id: int,
+    signal_id: RowId,
     request: Request,
     settings: SettingsDep,
     principal: Operator,
@@ -182,7 +183,7 @@ def relay(
     responses=_ERRORS,
 )
 def reject(
-    signal_id: int,
+    signal_id: RowId,
     request: Request,
     settings: SettingsDep,
     principal: Operator,
@@ -222,7 +223,7 @@ def list_activations(
 @router.get(
     "/v1/demand-response/activations/{activation_id}", summary="One activation", responses=_ERRORS
 )
-def get_activation(activation_id: int, db: DbDep, principal: Signaller) -> dict[str, Any]:
+def get_activation(activation_id: RowId, db: DbDep, principal: Signaller) -> dict[str, Any]:
     a = db.get(DrActivation, activation_id)
     if a is None:
         raise HTTPException(404, f"activation_id: unknown activation {activation_id}")
