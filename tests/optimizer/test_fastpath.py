@@ -16,6 +16,7 @@ from optimizer.fastpath import (
     isp_end,
     released_kw,
     restore_time,
+    window_used_s,
 )
 
 
@@ -289,3 +290,95 @@ def test_permuting_sessions_permutes_the_decision() -> None:
     b = activate(**kw_p)  # type: ignore[arg-type]
     np.testing.assert_array_equal(a.reason[perm], b.reason)
     np.testing.assert_allclose(a.duration_s[perm], b.duration_s)
+
+
+# --- properties --------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def fleets_with_logs(draw: st.DrawFn) -> dict[str, object]:
+    n = draw(st.integers(1, 6))
+    budget_min = draw(st.lists(st.sampled_from([10, 20, 30, 45]), min_size=n, max_size=n))
+    entries = []
+    for s in range(n):
+        t = -4.5 * 3600.0
+        for _ in range(draw(st.integers(0, 4))):
+            t += draw(st.integers(60, 4000))
+            d = draw(st.integers(60, 900))
+            if t + d > 0:
+                break
+            entries.append((s, t, t + d))
+            t += d
+    minute = draw(st.integers(0, 59))
+    second = draw(st.integers(0, 59))
+    return {
+        "n": n,
+        "budget_s": np.array(budget_min, float) * 60.0,
+        "log": entries,
+        "at": utc(2026, 3, 29, 0, minute, second),
+        "target": draw(st.none() | st.floats(1.0, 40.0)),
+        "i_now": draw(st.lists(st.floats(6.0, 16.0), min_size=n, max_size=n)),
+    }
+
+
+@settings(max_examples=150, deadline=None)
+@given(fleets_with_logs())
+def test_no_rolling_window_ever_exceeds_the_budget(case: dict[str, object]) -> None:
+    """Brute force on a 10-second grid: every 4-hour window ending within a session's new
+    curtailment holds at most its budget, old and new curtailment together."""
+    n = int(case["n"])  # type: ignore[call-overload]
+    log = case["log"]
+    assert isinstance(log, list)
+    budget = case["budget_s"]
+    assert isinstance(budget, np.ndarray)
+    act = activate(
+        **fleet(
+            n,
+            signal_at=case["at"],
+            i_now_a=np.array(case["i_now"]),
+            budget_s=budget,
+        ),  # type: ignore[arg-type]
+        log_session=np.array([e[0] for e in log], dtype=np.int64),
+        log_start_s=np.array([e[1] for e in log], dtype=float),
+        log_end_s=np.array([e[2] for e in log], dtype=float),
+        target_kw=case["target"],  # type: ignore[arg-type]
+    )
+    horizon = (act.restore_at - act.signal_at).total_seconds()
+    assert 0 < horizon <= 900
+    grid = np.arange(-5 * 3600, int(horizon) + 1, 10.0)
+    for s in range(n):
+        on = np.zeros(grid.size, dtype=bool)
+        for e in log:
+            if e[0] == s:
+                on |= (grid >= e[1]) & (grid < e[2])
+        x = act.duration_s[s]
+        assert 0 <= x <= horizon
+        on |= (grid >= 0) & (grid < x)
+        used = np.cumsum(on) * 10.0
+        window = int(4 * 3600 / 10)
+        in_window = used[window:] - used[:-window]
+        # windows ending within the session's new curtailment (10 s grid: one step of slack);
+        # an earlier log may itself have broken the budget, which is not this activation's doing
+        ends = (grid[window:] > 0) & (grid[window:] <= x)
+        assert (in_window[ends] <= budget[s] + 10.0).all()
+        if act.chosen[s] and x < horizon:  # cut by the budget: one second more would break it
+            mine = [e for e in log if e[0] == s]
+            more = np.array([x + 1.0])
+            past = window_used_s(
+                1,
+                np.zeros(len(mine), dtype=np.int64),
+                np.array([e[1] for e in mine]),
+                np.array([e[2] for e in mine]),
+                more,
+            )
+            assert more[0] + past[0] > budget[s]
+    # released power is the sum over the curtailed sessions
+    want = sum(
+        (case["i_now"][s] - 8.0) * 3 * 0.23  # type: ignore[index]
+        for s in range(n)
+        if act.chosen[s]
+    )
+    assert act.released_kw == pytest.approx(want)
