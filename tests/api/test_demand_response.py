@@ -636,3 +636,54 @@ def test_replay_time_is_for_operators_and_restore_can_be_triggered(
     assert acts[0]["restored"] and acts[0]["restore_run_id"] is not None
     r = app_client.post("/v1/demand-response/restore", params={"at": "yesterday"}, headers=op)
     assert r.status_code == 422 and r.json()["detail"].startswith("at:")
+
+
+def test_real_server_restores_by_itself(db_url: str) -> None:
+    """Over loopback against ``gridcharge serve`` with its background loops: a signal ending in
+    a few seconds is relayed, and the restore loop publishes the restore on its own."""
+    import time
+
+    import httpx
+
+    from api.db import migrate
+    from tests.api.conftest import ServerProcess
+
+    migrate(db_url)
+    engine = make_engine(db_url)
+    factory = make_sessionmaker(engine)
+    seed(factory, datetime.now(UTC))
+    op, brp = make_key(db_url, "operator"), make_key(db_url, "brp")
+    srv = ServerProcess(db_url).start()
+    try:
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            r = c.put("/v1/demand-response/policy", json={"auto_relay": True}, headers=auth(op))
+            assert r.status_code == 200
+            end = datetime.now(UTC) + timedelta(seconds=4)
+            r = c.post(
+                "/v1/demand-response/signals",
+                json={"end": end.isoformat()},
+                headers=auth(brp),
+            )
+            assert r.status_code == 201, r.text
+            out = r.json()
+            assert out["sessions_curtailed"] == 4
+            deadline = time.monotonic() + 30
+            act: dict[str, Any] = {}
+            while time.monotonic() < deadline:
+                act = c.get(
+                    f"/v1/demand-response/activations/{out['activation_id']}", headers=auth(op)
+                ).json()
+                if act["restored"]:
+                    break
+                time.sleep(0.25)
+            assert act["restored"], act
+            assert datetime.fromisoformat(act["restored_at"]) >= datetime.fromisoformat(
+                out["restore_at"]
+            )
+            log = c.get("/v1/demand-response/audit", headers=auth(op)).json()
+            assert [e["action"] for e in log][-1] == "restore"
+            metrics = c.get("/metrics").text
+            assert "gridcharge_dr_activations_total" in metrics
+    finally:
+        srv.stop()
+        engine.dispose()
