@@ -13,6 +13,7 @@ One run (:func:`reoptimise`):
 5. publish in ONE transaction: a :class:`ScheduleRun`; for every session whose profile changed a
    :class:`ProfileChange` (the cursor) and the upserted :class:`Profile`; with ``cpo_url`` set an
    :class:`OutboxItem` per changed session (older pending items of the session are superseded).
+   Sessions a demand-response curtailment holds at ``now`` are left out (:mod:`api.dr`).
 
 A profile *changed* when its limits from the new profile's start on differ from the published
 one's (as piecewise-constant functions of absolute time, from the OCPI form), or it ends at
