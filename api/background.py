@@ -123,4 +123,7 @@ def start_loops(app: Any, settings: Settings) -> list[Any]:
     loops.append(scheduler)
     if outbox is not None:
         loops.append(outbox)
+    from api.dr import RestoreLoop  # demand response: restore at the settlement-period end
+
+    loops.append(RestoreLoop(factory, settings).start())
     return loops

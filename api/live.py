@@ -17,6 +17,11 @@ The rules (also in ``docs/api-profiles.md``):
   several slots takes the lowest cap (the hard limit holds in every part of the step). Steps no
   slot covers get a non-binding cap: the sum of the maximum power of every connector below the
   region. A region whose caps cover no step of the horizon gets no cap entry.
+- **Demand-response curtailments.** A session held at its minimum by an activation
+  (``dr_curtailments``) gets ``limit_a`` per step: in a step overlapped by the curtailment for a
+  fraction ``f``, ``f · i_min + (1 − f) · i_connector``; the connector limit elsewhere. So the
+  plan made meanwhile knows the curtailment; the scheduler does not republish the profiles of
+  sessions still held (:func:`held_sessions`).
 - **DSO targets.** A step takes the overlap-weighted mean of the targets covering it. A step no
   target covers takes the target at the same time on the nearest day that has one (``t ± k·24
   h``, k ≤ 7): a target is a shape and the scenario needs a value for every step, and any fixed
@@ -37,6 +42,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.models import ChargingSession, DsoProfile
+from api.models_dr import DrCurtailment
 from api.settings import Settings
 from api.topology import read_topology
 from optimizer.scenario import DEFAULT_STAY_H, SCENARIO_FORMAT
@@ -248,6 +254,63 @@ def dso_entries(
     return out
 
 
+def held_sessions(db: Session, now: datetime) -> set[str]:
+    """Sessions a demand-response curtailment holds at ``now`` (``start ≤ now < until``)."""
+    return set(
+        db.scalars(
+            select(DrCurtailment.session_id).where(
+                DrCurtailment.start <= now, DrCurtailment.until > now
+            )
+        )
+    )
+
+
+def apply_curtailment_caps(
+    db: Session,
+    sessions: list[dict[str, Any]],
+    topology: dict[str, list[dict[str, Any]]],
+    start: datetime,
+    step_s: int,
+    steps: int,
+) -> None:
+    """Set ``limit_a`` on the sessions a curtailment overlaps within the horizon (module doc)."""
+    end = start + timedelta(seconds=steps * step_s)
+    rows = db.execute(
+        select(
+            DrCurtailment.session_id,
+            DrCurtailment.start,
+            DrCurtailment.until,
+            DrCurtailment.limit_a,
+        ).where(DrCurtailment.until > start, DrCurtailment.start < end)
+    )
+    spans: dict[str, list[tuple[datetime, datetime, float]]] = {}
+    for sid, a, b, lim in rows:
+        spans.setdefault(sid, []).append((a, b, float(lim)))
+    if not spans:
+        return
+    limit_of = {
+        c["id"]: float(c.get("limit_a", 16.0))
+        for st in topology["stations"]
+        for c in st["connectors"]
+    }
+    for entry in sessions:
+        held = spans.get(entry["id"])
+        if not held:
+            continue
+        top = limit_of.get(entry["connector"], 16.0)
+        caps = [top] * steps
+        for a, b, lim in held:
+            t0 = max(int((a - start).total_seconds() // step_s), 0)
+            t1 = min(math.ceil((b - start).total_seconds() / step_s), steps)
+            for t in range(t0, t1):
+                s0 = start + timedelta(seconds=t * step_s)
+                s1 = s0 + timedelta(seconds=step_s)
+                f = max((min(b, s1) - max(a, s0)).total_seconds(), 0.0) / step_s
+                lim_a = max(min(lim, top), 0.0)
+                caps[t] = min(caps[t], round(f * lim_a + (1.0 - f) * top, 3))
+        entry["limit_a"] = caps
+
+
 def build_live_scenario(db: Session, settings: Settings, now: datetime) -> dict[str, Any]:
     """The ``gridcharge.scenario/1`` dict of the database at ``now`` (rules in the module doc).
 
@@ -280,6 +343,7 @@ def build_live_scenario(db: Session, settings: Settings, now: datetime) -> dict[
     sessions = sorted(
         (session_entry(s, start, step_s) for s in newest.values()), key=lambda e: e["id"]
     )
+    apply_curtailment_caps(db, sessions, topology, start, step_s, steps)
     return {
         "format": SCENARIO_FORMAT,
         "grid": {"start": _iso(start), "step_s": step_s, "steps": steps},

@@ -14,7 +14,16 @@ from fastapi.responses import JSONResponse
 
 from api.db import make_engine, make_sessionmaker, migrate
 from api.events import Events
-from api.routes import dso, health, ocpi_sessions, profiles, runs, schedules, topology
+from api.routes import (
+    demand_response,
+    dso,
+    health,
+    ocpi_sessions,
+    profiles,
+    runs,
+    schedules,
+    topology,
+)
 from api.settings import Settings, get_settings
 
 DESCRIPTION = """
@@ -117,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.openapi = openapi  # type: ignore[method-assign]
     for module in (health, schedules, topology, ocpi_sessions, profiles, dso, runs):
         app.include_router(module.router)
+    app.include_router(demand_response.router)
     return app
 
 

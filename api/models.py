@@ -197,3 +197,7 @@ class Setting(Base):
     __tablename__ = "settings"
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[Any] = mapped_column(JSON)
+
+
+# Demand-response tables live in their own module; importing it here puts them in the metadata.
+from api import models_dr  # noqa: E402, F401

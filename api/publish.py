@@ -13,6 +13,7 @@ One run (:func:`reoptimise`):
 5. publish in ONE transaction: a :class:`ScheduleRun`; for every session whose profile changed a
    :class:`ProfileChange` (the cursor) and the upserted :class:`Profile`; with ``cpo_url`` set an
    :class:`OutboxItem` per changed session (older pending items of the session are superseded).
+   Sessions a demand-response curtailment holds at ``now`` are left out (:mod:`api.dr`).
 
 A profile *changed* when its limits from the new profile's start on differ from the published
 one's (as piecewise-constant functions of absolute time, from the OCPI form), or it ends at
@@ -34,7 +35,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.db import transaction, utcnow
-from api.live import build_live_scenario
+from api.live import build_live_scenario, held_sessions
 from api.metrics import (
     ACTIVE_SESSIONS,
     FALLBACKS,
@@ -336,6 +337,7 @@ def reoptimise(
     now = now or utcnow()
     with factory() as db:
         scenario = build_live_scenario(db, settings, now)
+        held = held_sessions(db, now)  # demand response holds these at their minimum
     ACTIVE_SESSIONS.set(len(scenario["sessions"]))
     net = compile_network(parse_scenario(scenario))
     choice = choose_schedule(scenario, net, settings)
@@ -359,7 +361,11 @@ def reoptimise(
         )
         db.add(run)
         db.flush()
-        changed = publish_profiles(db, run, schedule, settings) if schedule else []
+        if schedule and held:
+            kept = {s: f for s, f in schedule.get("profiles", {}).items() if s not in held}
+            changed = publish_profiles(db, run, {**schedule, "profiles": kept}, settings)
+        else:
+            changed = publish_profiles(db, run, schedule, settings) if schedule else []
         run.time_s = round(time.perf_counter() - t0, 4)
     elapsed = time.perf_counter() - t0
     SOLVE_SECONDS.observe(elapsed)

@@ -221,6 +221,7 @@ class _Scenario:
     opt_out: BoolArray
     pause_consent: BoolArray
     dso_caps: list[tuple[int, FloatArray]]  # (node index, cap [kW] per step)
+    session_cap_a: FloatArray | None = None  # sessions × steps [A]; inf where none; None: none
 
     @property
     def dt_h(self) -> float:
@@ -315,6 +316,7 @@ def _parse_scenario(data: Mapping[str, Any]) -> _Scenario:
     need = np.full(n_s, np.nan)
     opt_out = np.zeros(n_s, dtype=bool)
     pause = np.zeros(n_s, dtype=bool)
+    session_cap: FloatArray | None = None
     session_ids: list[str] = []
     for s, ses in enumerate(sessions):
         session_ids.append(str(ses["id"]))
@@ -341,6 +343,10 @@ def _parse_scenario(data: Mapping[str, Any]) -> _Scenario:
             need[s] = float(ses["energy_kwh"])
         opt_out[s] = bool(ses.get("opt_out", False))
         pause[s] = bool(ses.get("pause_consent", False))
+        if ses.get("limit_a") is not None:
+            if session_cap is None:
+                session_cap = np.full((n_s, steps), np.inf)
+            session_cap[s] = _per_step(ses["limit_a"], steps, f"sessions[{s}].limit_a")
 
     dso_caps: list[tuple[int, FloatArray]] = []
     for j, prof in enumerate(data.get("dso_profiles") or []):
@@ -378,6 +384,7 @@ def _parse_scenario(data: Mapping[str, Any]) -> _Scenario:
         opt_out=opt_out,
         pause_consent=pause,
         dso_caps=dso_caps,
+        session_cap_a=session_cap,
     )
 
 
@@ -524,12 +531,14 @@ def _under(
 
 
 def _check_session_currents(sc: _Scenario, i_a: FloatArray, present: BoolArray) -> list[Violation]:
-    """``not_present``, ``negative_current`` and ``connector_limit``."""
+    """``not_present``, ``negative_current``, ``connector_limit`` and ``session_limit``."""
     ids = sc.session_ids
     out = _from_mask("not_present", ids, ~present & (np.abs(i_a) > ATOL_A), np.abs(i_a), "A")
     out += _from_mask("negative_current", ids, i_a < -ATOL_A, -i_a, "A")
     limit = np.broadcast_to(sc.conn_limit_a[:, None], i_a.shape)
     out += _over("connector_limit", ids, i_a, limit, ATOL_A, "A")
+    if sc.session_cap_a is not None:
+        out += _over("session_limit", ids, i_a, sc.session_cap_a, ATOL_A, "A")
     return out
 
 
@@ -626,6 +635,8 @@ def _check_opt_out(
     st = sc.session_station[idx]
     m = (count[st] * sc.draws[idx][:, :, None]).max(axis=1)
     share = np.minimum(sc.conn_limit_a[idx, None], sc.station_limit_a[st] / np.maximum(m, 1.0))
+    if sc.session_cap_a is not None:  # a session cap lowers the share it is owed
+        share = np.minimum(share, sc.session_cap_a[idx])
     subjects = [sc.session_ids[s] for s in idx.tolist()]
     return _under("opt_out", subjects, i_a[idx], share, must_charge[idx], "A")
 

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -125,8 +125,15 @@ def start_service(
     raise RuntimeError("the service did not become ready")
 
 
-def plot_compliance(compliance: dict[str, dict[str, Any]], path: Path) -> None:
-    """Realised and planned aggregate power per region against the DSO cap and target."""
+def plot_compliance(
+    compliance: dict[str, dict[str, Any]],
+    path: Path,
+    events: list[dict[str, Any]] | None = None,
+    day_start: datetime | None = None,
+) -> None:
+    """Realised and planned aggregate power per region against the DSO cap and target; with
+    ``events`` (demand response: ``at``, ``restore_at``, ``decision``) relayed activations are
+    shaded and rejected signals marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,6 +151,17 @@ def plot_compliance(compliance: dict[str, dict[str, Any]], path: Path) -> None:
         ax.step(hours, series("planned_kw"), where="post", ls="--", label="planned")
         ax.step(hours, series("cap_kw"), where="post", color="k", label="DSO cap")
         ax.step(hours, series("target_kw"), where="post", color="grey", ls=":", label="DSO target")
+        for k, ev in enumerate(events or []):
+            if day_start is None:
+                break
+            t0 = (ev["at"] - day_start).total_seconds() / 3600.0
+            if ev["decision"] == "relay" and ev.get("restore_at") is not None:
+                t1 = (ev["restore_at"] - day_start).total_seconds() / 3600.0
+                ax.axvspan(
+                    t0, t1, color="tab:red", alpha=0.25, label="DR relayed" if k == 0 else None
+                )
+            else:
+                ax.axvline(t0, color="tab:purple", ls="-.", lw=1, label="DR rejected")
         ax.set_title(f"{region}: the simulated day through the service")
         ax.set_ylabel("kW")
         ax.legend(loc="upper left", fontsize=8)
@@ -151,6 +169,21 @@ def plot_compliance(compliance: dict[str, dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def demo_dr_events(day_start: datetime) -> list[Any]:
+    """The day's demand response: a full activation at 08:20 local, a partial one (20 kW) at
+    13:05, and a signal the operator rejects at 17:10 (times on the 5-minute tick)."""
+    from simulation.csms import DrEvent
+
+    def local(h: int, m: int) -> datetime:
+        return day_start + timedelta(hours=h, minutes=m)
+
+    return [
+        DrEvent(local(8, 20), "relay"),
+        DrEvent(local(13, 5), "relay", target_kw=20.0),
+        DrEvent(local(17, 10), "reject", reason="imbalance price below the drivers' cost"),
+    ]
 
 
 def run_http_day(out: Path, stations: int, seed: int, console: Console) -> dict[str, Any]:
@@ -174,7 +207,8 @@ def run_http_day(out: Path, stations: int, seed: int, console: Console) -> dict[
     engine.dispose()
     proc, url = start_service(db_url)
     t0 = time.perf_counter()
-    sim = CsmsSimulator(url, keys, raw)
+    events = demo_dr_events(datetime.fromisoformat(raw["grid"]["start"]).astimezone(UTC))
+    sim = CsmsSimulator(url, keys, raw, dr_events=events)
     try:
         with Progress(
             TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
@@ -190,11 +224,37 @@ def run_http_day(out: Path, stations: int, seed: int, console: Console) -> dict[
             for r in regions
         }
         metrics = sim.http.get("/metrics").text
+        op = {"Authorization": f"Token {keys['operator']}"}
+        kpis = sim.http.get(f"/v1/demand-response/kpis/{HTTP_DAY.isoformat()}", headers=op).json()
     finally:
         sim.close()
         proc.terminate()
         proc.wait(20)
-    plot_compliance(compliance, out / "service_day.png")
+    dr_rows = []
+    for ev in events:
+        r = ev.result
+        dr_rows.append(
+            {
+                "at": ev.at,
+                "decision": ev.decision,
+                "target_kw": ev.target_kw,
+                "status": r.get("signal", {}).get("status"),
+                "sessions_curtailed": r.get("sessions_curtailed", 0),
+                "released_kw": r.get("released_kw", 0.0),
+                "restore_at": (
+                    datetime.fromisoformat(r["restore_at"].replace("Z", "+00:00"))
+                    if r.get("restore_at")
+                    else None
+                ),
+                "skipped": r.get("skipped", {}),
+            }
+        )
+    plot_compliance(
+        compliance,
+        out / "service_day.png",
+        events=dr_rows,
+        day_start=datetime.fromisoformat(raw["grid"]["start"]).astimezone(UTC),
+    )
     runs = result["runs"]
     summary = {
         "stations": stations,
@@ -210,6 +270,15 @@ def run_http_day(out: Path, stations: int, seed: int, console: Console) -> dict[
         "seconds": round(time.perf_counter() - t0, 1),
         "compliance": {r: c.get("totals", {}) for r, c in compliance.items()},
         "metrics_lines": len(metrics.splitlines()),
+        "demand_response": [
+            {
+                **row,
+                "at": row["at"].isoformat(),
+                "restore_at": row["restore_at"].isoformat() if row["restore_at"] else None,
+            }
+            for row in dr_rows
+        ],
+        "dr_kpis": kpis,
     }
     (out / "service_day.json").write_text(json.dumps(summary, indent=1))
     return summary
@@ -266,6 +335,7 @@ def run_demo(out: Path, stations: int, seed: int, console: Console, http_station
     day_ok = True
     if http_stations > 0:
         day = run_http_day(out, http_stations, seed, console)
+        mins = day["dr_kpis"].get("curtailment_min_per_curtailed_session", {})
         day_ok = day["runs_unpublished"] == 0
         console.print(
             f"service day ({http_stations} stations, through HTTP): {day['sessions']} sessions, "
@@ -293,6 +363,34 @@ def run_demo(out: Path, stations: int, seed: int, console: Console, http_station
                 f"{r}: {t.get('slots_over_cap', '?')} slots over the cap, "
                 f"{t.get('energy_over_cap_kwh', 0):.1f} kWh above it"
                 for r, t in day["compliance"].items()
+            ),
+            "",
+            "",
+            "### Demand response during the day",
+            "",
+            "The supplier signalled three times; the operator relayed two signals (the second a "
+            "partial activation with a target) and rejected one. Shaded in the plot: relayed "
+            "activations until their restore; dash-dotted: the rejected signal.",
+            "",
+            "| signal (UTC) | decision | target kW | sessions curtailed | released kW | restore "
+            "(UTC) | skipped |",
+            "|---|---|---|---|---|---|---|",
+            *[
+                f"| {e['at'][11:16]} | {e['status']} | {e['target_kw'] or '-'} | "
+                f"{e['sessions_curtailed']} | {e['released_kw']:.1f} | "
+                f"{e['restore_at'][11:16] if e['restore_at'] else '-'} | "
+                + ", ".join(f"{k} {v}" for k, v in e["skipped"].items() if v)
+                + " |"
+                for e in day["demand_response"]
+            ],
+            "",
+            "Driver impact that day: "
+            + (
+                f"{100 * (day['dr_kpis'].get('never_curtailed_share') or 0):.1f} % of sessions "
+                f"never curtailed; curtailed sessions lost "
+                f"{mins['mean']:.1f} min on average (max {mins['max']:.1f})."
+                if "curtailment_min_per_curtailed_session" in day["dr_kpis"]
+                else "not available."
             ),
             "",
             "![service day](service_day.png)",

@@ -27,8 +27,7 @@ ROUNDS = 3
 
 def deliverable_need_kwh(net: Network) -> np.ndarray:
     """Energy each session should get [kWh]: its need capped by what its stay allows."""
-    stay = (net.end - net.first).astype(float)
-    most = net.max_a * net.kw_per_a * net.dt_h * stay
+    most = (net.step_max_a() * net.presence()).sum(axis=1) * net.kw_per_a * net.dt_h
     return np.where(np.isnan(net.need_kwh), most, np.minimum(np.nan_to_num(net.need_kwh), most))
 
 
@@ -57,12 +56,13 @@ def greedy_currents_a(net: Network) -> np.ndarray:
     group_of = member_t.indices
     n_groups = np.diff(indptr)
     max_step_kwh = net.max_a * kwh_per_a
+    step_max = net.step_max_a()
 
     for t in range(steps):
         active = (net.first <= t) & (t < net.end) & (remaining > 1e-9)
         if not active.any():
             continue
-        hi = np.where(active, np.minimum(net.max_a, remaining / kwh_per_a), 0.0)
+        hi = np.where(active, np.minimum(step_max[:, t], remaining / kwh_per_a), 0.0)
         lo = np.where(active & ~net.pause_consent, np.minimum(req_all[:, t], hi), 0.0)
         alloc = lo.copy()
         limit = net.groups.limit[:, t]

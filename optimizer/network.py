@@ -96,6 +96,7 @@ class Network:
     target_kw: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     cap_kw: dict[str, np.ndarray] = field(default_factory=dict)
     price_eur_per_mwh: np.ndarray | None = None
+    cap_a: np.ndarray | None = None  # sessions × steps [A] session caps (inf: none); None: none
     _memo: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
     """Derived arrays computed once (see :meth:`uncontrolled_share_a`)."""
 
@@ -110,6 +111,13 @@ class Network:
     @property
     def n_sessions(self) -> int:
         return len(self.session_ids)
+
+    def step_max_a(self) -> np.ndarray:
+        """Highest current [A] of every session in every step: ``min(connector limit, cap)``."""
+        most = np.repeat(self.max_a[:, None], self.steps, axis=1)
+        if self.cap_a is not None:
+            most = np.minimum(most, self.cap_a)
+        return most
 
     def presence(self) -> np.ndarray:
         """Boolean matrix sessions × steps, True where the session is plugged in."""
@@ -342,6 +350,11 @@ def compile_network(sc: Scenario) -> Network:
         price_eur_per_mwh=(
             np.asarray(sc.prices_eur_per_mwh, dtype=float)
             if sc.prices_eur_per_mwh is not None
+            else None
+        ),
+        cap_a=(
+            np.vstack([_steps_of(s.limit_a, steps) for s in sc.sessions])
+            if any(s.limit_a is not None for s in sc.sessions)
             else None
         ),
     )

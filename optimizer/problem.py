@@ -140,7 +140,7 @@ def required_level_a(net: Network) -> np.ndarray:
     if net.opt_out.any():
         share = net.uncontrolled_share_a()
         req[net.opt_out] = np.maximum(req[net.opt_out], share[net.opt_out])
-    out = np.minimum(req, net.max_a[:, None])
+    out = np.minimum(req, net.step_max_a())
     out.flags.writeable = False
     net._memo["required_level_a"] = out
     return out
@@ -173,11 +173,12 @@ def build_problem(
 
     kw = net.kw_per_a[var_session]
     kwh = kw * dt_h
-    hi = net.max_a[var_session].astype(float)
+    step_max = net.step_max_a()
+    hi = step_max[var_session, var_step].astype(float)
     req = required_level_a(net)[var_session, var_step]
 
     stay = (net.end - net.first).astype(float)
-    deliverable = net.max_a * net.kw_per_a * dt_h * stay
+    deliverable = (step_max * present).sum(axis=1) * net.kw_per_a * dt_h
     has_need = ~np.isnan(net.need_kwh)
     need_eff = np.where(has_need, np.minimum(np.nan_to_num(net.need_kwh), deliverable), deliverable)
 

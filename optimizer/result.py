@@ -124,6 +124,18 @@ def build_schedule(
                         "unit": "A",
                     }
                 )
+    if net.cap_a is not None:
+        over = cur - net.cap_a
+        for s, t in zip(*np.nonzero(over > 1e-3), strict=True):
+            violations.append(
+                {
+                    "kind": "session_limit",
+                    "session": net.session_ids[s],
+                    "step": int(t),
+                    "amount": round(float(over[s, t]), 6),
+                    "unit": "A",
+                }
+            )
     for s, t in zip(*np.nonzero(pause_level_breaks(net, cur)), strict=True):
         violations.append(
             {

@@ -95,6 +95,9 @@ class Session(_Model):
     phases: Literal[1, 3] = 3
     opt_out: bool = False
     pause_consent: bool = False
+    limit_a: Limit | None = None
+    """Optional cap on this session's current [A] per phase, one value or one per step (e.g.
+    a demand-response curtailment); never below its station's ``min_current_a``."""
 
     @property
     def departure_or_default(self) -> datetime:
@@ -227,6 +230,7 @@ def validate_scenario(sc: Scenario) -> None:
             up = parent[up]
 
     connectors: dict[str, Connector] = {}
+    station_min: dict[str, float] = {}
     for k, st in enumerate(sc.stations):
         if st.node not in node_ids:
             raise UnknownReference(f"stations[{k}].node", st.node, "unknown node")
@@ -243,6 +247,7 @@ def validate_scenario(sc: Scenario) -> None:
                     f"exceeds connector {c.id!r} limit_a {c.limit_a}",
                 )
             connectors[c.id] = c
+            station_min[c.id] = st.min_current_a
 
     by_connector: dict[str, list[tuple[datetime, datetime, int]]] = {}
     for k, s in enumerate(sc.sessions):
@@ -256,6 +261,16 @@ def validate_scenario(sc: Scenario) -> None:
             raise ScenarioError(
                 f"sessions[{k}].pause_consent", True, "an opt_out session cannot be paused"
             )
+        _check_limit(f"sessions[{k}].limit_a", s.limit_a, steps)
+        if s.limit_a is not None:
+            floor_a = station_min[s.connector]
+            low = min(s.limit_a) if isinstance(s.limit_a, list) else s.limit_a
+            if low < floor_a - 1e-9:
+                raise ScenarioError(
+                    f"sessions[{k}].limit_a",
+                    low,
+                    f"is below the station minimum current {floor_a} A (that would pause the car)",
+                )
         by_connector.setdefault(s.connector, []).append((s.arrival, s.departure_or_default, k))
     for cid, spans in by_connector.items():
         spans.sort()

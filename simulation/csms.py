@@ -74,12 +74,38 @@ class SimCar:
         self.profile_end = start + timedelta(seconds=dur) if dur else None
 
 
+@dataclass
+class DrEvent:
+    """A demand-response signal during the simulated day and the operator's decision.
+
+    ``decision``: ``relay`` or ``reject``. The signal is sent at ``at`` (a multiple of the
+    simulator's 5-minute tick after the grid start).
+    """
+
+    at: datetime
+    decision: str
+    target_kw: float | None = None
+    reason: str = "supplier short in this settlement period"
+    result: dict[str, Any] = field(default_factory=dict)
+
+
 class CsmsSimulator:
-    """Drive one simulated day of ``scenario`` through the service at ``base_url``."""
+    """Drive one simulated day of ``scenario`` through the service at ``base_url``.
+
+    With ``dr_events`` the supplier's signals arrive during the day (operator key, sent with
+    ``at``); the operator relays or rejects each, the cars take their curtailment profiles from
+    the profile feed at once, and the restores due are published before each re-plan.
+    """
 
     def __init__(
-        self, base_url: str, keys: dict[str, str], scenario: dict[str, Any], timeout_s: float = 60
+        self,
+        base_url: str,
+        keys: dict[str, str],
+        scenario: dict[str, Any],
+        timeout_s: float = 60,
+        dr_events: list[DrEvent] | None = None,
     ) -> None:
+        self.dr_events = sorted(dr_events or [], key=lambda e: e.at)
         self.http = httpx.Client(base_url=base_url, timeout=timeout_s)
         self.keys = keys
         self.sc = scenario
@@ -172,6 +198,40 @@ class CsmsSimulator:
         self._call("PATCH", f"/ocpi/2.2.1/sessions/NL/GCP/{car.id}", "csms", json=body)
         car.ended = True
 
+    def _take_profiles(self) -> None:
+        more = True
+        while more:
+            page = self._call(
+                "GET", "/v1/profiles", "csms", params={"changed_since": self.cursor, "limit": 1000}
+            ).json()
+            for p in page["profiles"]:
+                car = self.by_id.get(p["session_id"])
+                if car is not None:
+                    car.take_profile(p["ocpi"])
+            self.cursor, more = page["cursor"], page["more"]
+
+    def _demand_response(self, t: datetime) -> None:
+        """Signals due at ``t`` (sent, then relayed or rejected) and the restores due."""
+        at = {"at": t.isoformat()}
+        self._call("POST", "/v1/demand-response/restore", "operator", params=at)
+        for ev in self.dr_events:
+            if ev.result or ev.at > t:
+                continue
+            body: dict[str, Any] = {"reason": ev.reason}
+            if ev.target_kw is not None:
+                body["target_kw"] = ev.target_kw
+            sig = self._call(
+                "POST", "/v1/demand-response/signals", "operator", params=at, json=body
+            ).json()["signal"]
+            ev.result = self._call(
+                "POST",
+                f"/v1/demand-response/signals/{sig['id']}/{ev.decision}",
+                "operator",
+                params=at,
+                json={"reason": f"demo: {ev.decision}"},
+            ).json()
+        self._take_profiles()
+
     def _plan(self, at: datetime) -> dict[str, Any]:
         run = self._call("POST", "/v1/schedule-runs", "operator", params={"at": at.isoformat()})
         more = True
@@ -206,6 +266,8 @@ class CsmsSimulator:
                 if not car.started and car.arrival <= t and car.departure > start:
                     self._plug_in(car)
                     changed = True
+            if self.dr_events:
+                self._demand_response(t)
             # re-plan on every arrival or departure (as the service's event loop does) and at
             # least every 15 minutes
             if changed or left or (t - start) % PLAN_EVERY == timedelta(0):

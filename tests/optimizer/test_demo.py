@@ -72,6 +72,12 @@ def test_http_day_drives_the_real_service(tmp_path: Path) -> None:
     # one state per PUT (plug-in) and per PATCH (departure), plus every 5-minute state
     assert stored is not None and stored >= day["meter_states"]
     assert ended is not None and ended > 0
+    # demand response: two relayed activations and one rejected signal, in the summary
+    dr_events = day["demand_response"]
+    assert [e["status"] for e in dr_events] == ["relayed", "relayed", "rejected"]
+    assert dr_events[0]["sessions_curtailed"] > 0 and dr_events[0]["released_kw"] > 0
+    assert dr_events[0]["restore_at"] is not None and dr_events[2]["sessions_curtailed"] == 0
+    assert day["dr_kpis"]["activations"] == 2
     realised = sum(t["realised_kwh"] for t in day["compliance"].values())
     assert (
         realised == day["energy_kwh"]

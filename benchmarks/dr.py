@@ -1,0 +1,295 @@
+"""Demand-response benchmark: signal to curtailment profiles for 16,000 active sessions.
+
+1. **In process** (target ≤ 50 ms): :func:`optimizer.fastpath.activate` on 16,000 sessions
+   (eligibility, rolling 4-hour budgets with an earlier-curtailment log, restore times, released
+   power), median of repeated runs; then rendering the three profile forms (OCPP 1.6, OCPP
+   2.0.1, OCPI) of every curtailed session. The reference solved in the same run is the same
+   decision written as a per-session Python loop, so the ratio is comparable across machines.
+2. **Through HTTP** (target ≤ 1 s): ``gridcharge serve`` (SQLite, background loops off) with a
+   16,000-connector topology, 16,000 active sessions and their published profiles; one
+   ``POST /v1/demand-response/signals`` with auto-relay on, timed at the client: it reads the
+   fleet, decides, and commits the activation, the curtailments, the profiles, the profile
+   changes and the outbox items in one transaction.
+
+Results are appended to ``docs/BENCHMARKS.md`` and ``docs/benchmarks.json``.
+
+Usage: ``python -m benchmarks.dr [--sessions 16000] [--repeat 20]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from benchmarks.run import append_results, machine
+
+SIGNAL_AT = datetime(2026, 11, 18, 17, 6, 40, tzinfo=UTC)
+
+
+def synthetic_fleet(n: int, seed: int = 1) -> dict[str, Any]:
+    """Arrays of ``n`` active sessions: currents 6-16 A, 10 % single-phase, 5 % opt-out, half of
+    them under a consent rule with 60 % consenting, and a third curtailed once or twice in the
+    last 4 hours."""
+    rng = np.random.default_rng(seed)
+    n_log = n // 3
+    log_session = np.sort(rng.choice(n, size=n_log + n // 10, replace=True))
+    start = -rng.uniform(600, 14000, log_session.size)
+    return {
+        "signal_at": SIGNAL_AT,
+        "i_now_a": rng.uniform(6.0, 16.0, n),
+        "min_a": np.full(n, 8.0),
+        "n_phases": np.where(rng.random(n) < 0.1, 1.0, 3.0),
+        "voltage_v": 230.0,
+        "opt_out": rng.random(n) < 0.05,
+        "consent_required": rng.random(n) < 0.5,
+        "consent": rng.random(n) < 0.6,
+        "budget_s": np.full(n, 1800.0),
+        "log_session": log_session,
+        "log_start_s": start,
+        "log_end_s": start + rng.uniform(60, 600, log_session.size),
+        "n_curtailed": rng.integers(0, 3, n),
+    }
+
+
+def loop_reference(kw: dict[str, Any]) -> float:
+    """The same decision as a per-session Python loop (no partial target); returns the total
+    released power [kW]."""
+    from optimizer.fastpath import WINDOW_S, restore_time
+
+    at = kw["signal_at"]
+    horizon = (restore_time(at) - at).total_seconds()
+    logs: dict[int, list[tuple[float, float]]] = {}
+    for s, a, b in zip(kw["log_session"], kw["log_start_s"], kw["log_end_s"], strict=True):
+        logs.setdefault(int(s), []).append((float(a), float(b)))
+    total = 0.0
+    for s in range(kw["i_now_a"].size):
+        if kw["opt_out"][s] or (kw["consent_required"][s] and not kw["consent"][s]):
+            continue
+        if kw["i_now_a"][s] <= kw["min_a"][s] + 1e-3:
+            continue
+        budget = float(kw["budget_s"][s])
+        x = horizon
+        while x > 0:  # whole seconds down from the horizon
+            used = sum(max(0.0, min(b, 0.0) - max(a, x - WINDOW_S)) for a, b in logs.get(s, []))
+            if x + used <= budget:
+                break
+            x -= 1.0
+        if x < min(60.0, horizon):
+            continue
+        total += (kw["i_now_a"][s] - kw["min_a"][s]) * kw["n_phases"][s] * kw["voltage_v"] / 1e3
+    return total
+
+
+def bench_in_process(n: int, repeat: int) -> dict[str, Any]:
+    from api.dr import curtailment_forms
+    from optimizer.fastpath import activate
+
+    kw = synthetic_fleet(n)
+    activate(**kw)  # warm-up
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        act = activate(**kw)
+        times.append(time.perf_counter() - t0)
+    fast_ms = statistics.median(times) * 1e3
+    t0 = time.perf_counter()
+    ref_kw = loop_reference(kw)
+    ref_ms = (time.perf_counter() - t0) * 1e3
+    chosen = np.flatnonzero(act.chosen)
+    t0 = time.perf_counter()
+    for k in chosen.tolist():
+        curtailment_forms(
+            session_id=f"s-{k:06d}",
+            evse_id=1 + k % 2,
+            n_phases=int(kw["n_phases"][k]),
+            start=SIGNAL_AT,
+            until=act.until(k),
+            limit_a=float(kw["min_a"][k]),
+            previous=None,
+        )
+    render_ms = (time.perf_counter() - t0) * 1e3
+    return {
+        "sessions": n,
+        "curtailed": int(chosen.size),
+        "released_kw": round(act.released_kw, 1),
+        "reference_released_kw": round(float(ref_kw), 1),
+        "fastpath_ms": round(fast_ms, 2),
+        "loop_reference_ms": round(ref_ms, 1),
+        "speedup_vs_loop": round(ref_ms / fast_ms, 1),
+        "render_forms_ms": round(render_ms, 1),
+    }
+
+
+def seed_database(url: str, n: int, now: datetime) -> dict[str, str]:
+    """Topology of ``n`` connectors, one active session on each (6-16 A now) and a published
+    profile per session; returns API keys."""
+    from sqlalchemy import insert
+
+    from api.db import make_engine, make_sessionmaker, migrate, transaction
+    from api.dr import curtailment_forms
+    from api.models import ChargingSession, Profile, ProfileChange
+    from api.security import create_key
+    from api.topology import upsert_topology
+    from simulation.fleet import generate_scenario
+
+    migrate(url)
+    raw = generate_scenario(stations=n // 2, seed=1, feasible=False)
+    rng = np.random.default_rng(2)
+    engine = make_engine(url)
+    factory = make_sessionmaker(engine)
+    with transaction(factory) as db:
+        keys = {r: create_key(db, r) for r in ("operator", "brp")}
+        upsert_topology(db, {"nodes": raw["nodes"], "stations": raw["stations"]})
+    conns = [(c["id"], j + 1) for s in raw["stations"] for j, c in enumerate(s["connectors"])][:n]
+    start = now - timedelta(hours=1)
+    grid = datetime.fromtimestamp(now.timestamp() // 900 * 900, UTC)
+    rows, profiles, changes = [], [], []
+    for k, (cid, pos) in enumerate(conns):
+        sid = f"b-{k:06d}"
+        i_a = float(rng.uniform(6.0, 16.0))
+        rows.append(
+            {
+                "id": sid,
+                "country_code": "NL",
+                "party_id": "GCP",
+                "connector_id": cid,
+                "start_date_time": start,
+                "status": "ACTIVE",
+                "kwh": 5.0,
+                "current_a": i_a,
+                "phases": 3,
+                "departure": now + timedelta(hours=3),
+                "opt_out": False,
+                "pause_consent": False,
+                "last_updated": now,
+                "raw": {},
+            }
+        )
+        forms = curtailment_forms(
+            session_id=sid,
+            evse_id=pos,
+            n_phases=3,
+            start=grid,
+            until=grid + timedelta(hours=4),
+            limit_a=round(i_a, 1),
+            previous=None,
+        )
+        profiles.append(
+            {
+                "session_id": sid,
+                "cursor": k + 1,
+                "run_id": 1,
+                "limits_a": [round(i_a, 1)] * 16,
+                "updated_at": now,
+                **forms,
+            }
+        )
+        changes.append({"session_id": sid, "run_id": 1, "created_at": now})
+    with transaction(factory) as db:
+        db.execute(insert(ChargingSession), rows)
+        db.execute(insert(ProfileChange), changes)
+        db.execute(insert(Profile), profiles)
+    engine.dispose()
+    return keys
+
+
+def bench_http(n: int) -> dict[str, Any]:
+    from optimizer.demo import start_service
+
+    tmp = Path(tempfile.mkdtemp())
+    url_db = f"sqlite:///{tmp / 'dr.db'}"
+    now = datetime.now(UTC)
+    t0 = time.perf_counter()
+    keys = seed_database(url_db, n, now)
+    seed_s = time.perf_counter() - t0
+    os.environ["GRIDCHARGE_CPO_URL"] = "http://127.0.0.1:9/ocpi/cpo/2.2.1/chargingprofiles"
+    try:
+        proc, url = start_service(url_db, background=False)
+    finally:
+        os.environ.pop("GRIDCHARGE_CPO_URL", None)
+    try:
+        with httpx.Client(base_url=url, timeout=120) as c:
+            h_op = {"Authorization": f"Token {keys['operator']}"}
+            h_brp = {"Authorization": f"Token {keys['brp']}"}
+            c.put(
+                "/v1/demand-response/policy", json={"auto_relay": True}, headers=h_op
+            ).raise_for_status()
+            t0 = time.perf_counter()
+            r = c.post("/v1/demand-response/signals", json={"reason": "bench"}, headers=h_brp)
+            wall_ms = (time.perf_counter() - t0) * 1e3
+            r.raise_for_status()
+            out = r.json()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    from sqlalchemy import create_engine, text
+
+    eng = create_engine(url_db)
+    with eng.connect() as conn:
+        outbox = conn.execute(text("SELECT count(*) FROM outbox")).scalar()
+    eng.dispose()
+    return {
+        "sessions": n,
+        "seed_s": round(seed_s, 1),
+        "curtailed": out["sessions_curtailed"],
+        "skipped": out["skipped"],
+        "released_kw": out["released_kw"],
+        "http_ms": round(wall_ms, 1),
+        "server_ms": round(out["activation"]["time_s"] * 1e3, 1),
+        "outbox_items": outbox,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--sessions", type=int, default=16000)
+    ap.add_argument("--repeat", type=int, default=20)
+    args = ap.parse_args()
+    proc_row = bench_in_process(args.sessions, args.repeat)
+    print(json.dumps(proc_row), flush=True)
+    http_row = bench_http(args.sessions)
+    print(json.dumps(http_row), flush=True)
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    where = machine()
+    ratio = http_row["http_ms"] / proc_row["fastpath_ms"]
+    section = "\n".join(
+        [
+            f"### Demand response, run {when}\n",
+            f"Machine: {where}. {args.sessions:,} active sessions. Targets: in process ≤ 50 ms; "
+            "through HTTP incl. persistence and outbox ≤ 1 s. Reference in the same run: the "
+            "same decision as a per-session Python loop.\n",
+            "| step | sessions curtailed | time ms | ratio |",
+            "|---|---|---|---|",
+            f"| fast path (`activate`, median of {args.repeat}) | {proc_row['curtailed']:,} | "
+            f"{proc_row['fastpath_ms']} | 1 |",
+            f"| per-session loop reference | {proc_row['curtailed']:,} | "
+            f"{proc_row['loop_reference_ms']} | {proc_row['speedup_vs_loop']} × slower |",
+            f"| render OCPP 1.6 / 2.0.1 / OCPI forms | {proc_row['curtailed']:,} | "
+            f"{proc_row['render_forms_ms']} | |",
+            f"| HTTP `POST /v1/demand-response/signals`, committed (client wall) | "
+            f"{http_row['curtailed']:,} | {http_row['http_ms']} | {ratio:.0f} × fast path |",
+            f"| of which inside the server (read fleet, decide, write) | "
+            f"{http_row['curtailed']:,} | {http_row['server_ms']} | |",
+            "",
+            f"Released: {proc_row['released_kw']:,} kW in process (loop reference "
+            f"{proc_row['reference_released_kw']:,} kW); {http_row['released_kw']:,} kW through "
+            f"HTTP with {http_row['outbox_items']:,} outbox items written.",
+        ]
+    )
+    append_results(
+        section, {"when": when, "machine": where, "dr": {"in_process": proc_row, "http": http_row}}
+    )
+
+
+if __name__ == "__main__":
+    main()
