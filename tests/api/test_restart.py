@@ -84,7 +84,17 @@ def test_kill_9_loses_nothing_and_scheduling_resumes(db_url: str) -> None:
         topo = c.get("/v1/topology", headers=auth(operator)).json()
         assert [s["id"] for s in topo["stations"]] == ["st-00001"]
         after = c.get("/v1/profiles?changed_since=0", headers=auth(csms)).json()
-        assert after["profiles"] == before["profiles"]
+        # every published profile is still there; the restarted service re-plans at once, and
+        # its cold solve may pick another optimum of the same LP: then the session's profile
+        # comes from a later run with a later cursor, never an older or missing one
+        old = {p["session_id"]: p for p in before["profiles"]}
+        new = {p["session_id"]: p for p in after["profiles"]}
+        assert set(new) == set(old)
+        for sid, p in new.items():
+            if p["cursor"] == old[sid]["cursor"]:
+                assert p == old[sid]
+            else:
+                assert p["cursor"] > old[sid]["cursor"] and p["run_id"] > old[sid]["run_id"]
         dsop = c.get(f"/v1/dso/region-01/profiles/{day}", headers=auth(dso)).json()
         assert dsop["cap_kw"] == [15.0] * _slots(day)
         # states survived: sending them again finds every one already stored
