@@ -30,12 +30,14 @@ def non_responding(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Sessions that did not follow a curtailment or drew more than their profile.
 
-    A session *ignores a curtailment* when it charged above ``p_min + tolerance`` before the
+    A session (not opted out) *ignores a curtailment* when it charged above ``p_min + tolerance`` before the
     signal and, between ``t_signal + grace`` and ``t_clear``, a state reports a phase current
-    above ``min_current_a + tolerance_a`` (or, with no state in that window, its reconstructed
-    mean power stays above ``p_min`` plus the tolerance on its phases). A session *exceeds its
+    above ``min_current_a + tolerance_a``; with no state in that window, when its reconstructed
+    mean power over the activation exceeds ``p_min + tolerance·phases·V + (p̄ − p_min)·grace /
+    (t_clear − t_signal)`` (``p̄`` its power before the signal). A session *exceeds its
     profile* when at least :data:`MIN_EXCESS_STATES` states report a phase current above the
-    ``profile_a`` in force plus ``tolerance_a``.
+    ``profile_a`` in force plus ``tolerance_a`` (states in the first ``grace`` after a signal
+    are not counted).
 
     Parameters
     ----------
@@ -68,7 +70,7 @@ def non_responding(
             continue
         pre = rec.power_kw(np.array([t0 - PRE_S, t0]), idx)[:, 0]
         tol_kw = tolerance_a * rec.phases[idx] * voltage_v / 1000.0
-        curtailable = idx[pre > rec.min_power_kw[idx] + tol_kw]
+        curtailable = idx[(pre > rec.min_power_kw[idx] + tol_kw) & ~rec.opt_out[idx]]
         if curtailable.size == 0:
             continue
         ids = rec.session_ids[curtailable]
@@ -81,10 +83,17 @@ def non_responding(
                     _finding("ignored_curtailment", a.id, states, k, imax[k], limit - tolerance_a)
                 )
         rest = np.array([pos[s] for s in ids if s not in seen], dtype=int)
-        if rest.size and t1 - t0 - grace_s > MINUTE_S:
-            p_win = rec.power_kw(np.array([t0 + grace_s, t1]), rest)[:, 0]
-            tol_rest = tolerance_a * rec.phases[rest] * voltage_v / 1000.0
-            for k in np.nonzero(p_win > rec.min_power_kw[rest] + tol_rest)[0]:
+        if rest.size:
+            # the mean over the whole activation may hold up to grace_s at the old power
+            p_win = rec.power_kw(np.array([t0, t1]), rest)[:, 0]
+            p_pre = rec.power_kw(np.array([t0 - PRE_S, t0]), rest)[:, 0]
+            pmin = rec.min_power_kw[rest]
+            allowed = (
+                pmin
+                + tolerance_a * rec.phases[rest] * voltage_v / 1000.0
+                + np.maximum(p_pre - pmin, 0.0) * min(1.0, grace_s / (t1 - t0))
+            )
+            for k in np.nonzero(p_win > allowed)[0]:
                 s = rest[k]
                 rows.append(
                     {
@@ -92,7 +101,7 @@ def non_responding(
                         "activation": str(a.id),
                         "session_id": str(rec.session_ids[s]),
                         "station": str(rec.station[s]),
-                        "timestamp": iso(t0 + grace_s),
+                        "timestamp": iso(t0),
                         "current_a": round(
                             float(p_win[k]) * 1000.0 / (voltage_v * rec.phases[s]), 2
                         ),
@@ -104,6 +113,8 @@ def non_responding(
                 )
     prof = states["profile_a"].to_numpy(float)
     over = np.isfinite(prof) & (imax > prof + tolerance_a)
+    for a in activations.itertuples(index=False):  # chargers get grace_s to follow a signal
+        over &= ~((t >= float(a.t_signal_s)) & (t < float(a.t_signal_s) + grace_s))
     if over.any():
         counts = pd.Series(sid[over]).value_counts()
         repeat = set(counts[counts >= MIN_EXCESS_STATES].index)

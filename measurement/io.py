@@ -117,6 +117,18 @@ def parse_numbers(
     return num
 
 
+def parse_flags(df: pd.DataFrame, name: str, col: str) -> np.ndarray:
+    """A boolean column (``true/false``, ``1/0``, empty = false)."""
+    if col not in df.columns:
+        return np.zeros(len(df), dtype=bool)
+    text = df[col].fillna("").astype(str).str.strip().str.lower()
+    ok = text.isin(["true", "false", "1", "0", "", "1.0", "0.0", "yes", "no"])
+    if not ok.all():
+        row = int(np.argmin(ok.to_numpy()))
+        raise MeasurementError(f"{name}[{row}].{col}", df[col].iloc[row], "not true or false")
+    return text.isin(["true", "1", "1.0", "yes"]).to_numpy()
+
+
 def _text(df: pd.DataFrame, col: str, default: str = "") -> np.ndarray:
     if col not in df.columns:
         return np.full(len(df), default, dtype=object)
@@ -131,7 +143,8 @@ def load_states(source: Table, voltage_v: float = VOLTAGE_V) -> pd.DataFrame:
     pandas.DataFrame
         Columns ``session_id, t_s [s], e_kwh [kWh], i_l1_a, i_l2_a, i_l3_a [A], phases [-],
         p_kw [kW] (power from the reported currents), station, subcluster, region,
-        min_current_a [A], profile_a [A] (NaN when unknown)``; sorted by session and time.
+        min_current_a [A], profile_a [A] (NaN when unknown), opt_out``; sorted by session and
+        time.
 
     Raises
     ------
@@ -174,6 +187,7 @@ def load_states(source: Table, voltage_v: float = VOLTAGE_V) -> pd.DataFrame:
     out["region"] = _text(df, "region")
     out["min_current_a"] = parse_numbers(df, name, "min_current_a", DEFAULT_MIN_CURRENT_A)
     out["profile_a"] = parse_numbers(df, name, "profile_a", default=np.nan)
+    out["opt_out"] = parse_flags(df, name, "opt_out")
     out["row"] = np.arange(len(out))
     return out.sort_values(["session_id", "t_s", "e_kwh"], kind="stable").reset_index(drop=True)
 

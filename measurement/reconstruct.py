@@ -38,6 +38,8 @@ class Reconstruction:
     ----------
     session_ids, station, subcluster, region : numpy.ndarray
         Per session (object arrays).
+    opt_out : numpy.ndarray
+        True for a session whose driver opted out of smart charging (never curtailed).
     phases : numpy.ndarray
         Phases each session draws on [-].
     min_power_kw : numpy.ndarray
@@ -54,6 +56,7 @@ class Reconstruction:
     """
 
     session_ids: np.ndarray
+    opt_out: np.ndarray
     station: np.ndarray
     subcluster: np.ndarray
     region: np.ndarray
@@ -282,6 +285,11 @@ def reconstruct(
     ph = np.maximum.reduceat(phases, starts)
     return Reconstruction(
         session_ids=sid[starts],
+        opt_out=(
+            np.logical_or.reduceat(df["opt_out"].to_numpy(bool), starts)
+            if "opt_out" in df
+            else np.zeros(n, bool)
+        ),
         station=df["station"].to_numpy(object)[starts],
         subcluster=df["subcluster"].to_numpy(object)[starts],
         region=df["region"].to_numpy(object)[starts],

@@ -23,6 +23,7 @@ charging at ``t_s`` (in the activation's region):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -152,7 +153,9 @@ class ActivationResult:
 
 def iso(t_s: float) -> str:
     """UTC ISO-8601 with ``Z``."""
-    return pd.Timestamp(t_s, unit="s", tz="UTC").isoformat().replace("+00:00", "Z")
+    t = round(float(t_s), 3)
+    spec = "seconds" if t == int(t) else "milliseconds"
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec=spec).replace("+00:00", "Z")
 
 
 def measure_activation(

@@ -459,6 +459,7 @@ def _states(
             "region": ses["region"][sess],
             "min_current_a": net.min_a[sess],
             "profile_a": np.round(profile, 2),
+            "opt_out": net.opt_out[sess],
         }
     )
 
