@@ -5,14 +5,18 @@ For an activation from ``t_s`` (signal) to ``t_c`` (clear) over the set ``S`` of
 charging at ``t_s`` (in the activation's region):
 
 - delivered ``E_del = Σ_{i∈S} E_i(t_c) − E_i(t_s)``;
-- ``P(t_s)``: a straight line fitted to the aggregate power of ``S`` in the ``window_s`` before
-  the signal, at ``t_s``;
+- ``S`` splits into the sessions that keep charging after the recovery (``S_c``) and those that
+  stop (leave, are full, their profile ends) at ``τ_i`` before ``t_c + window_s`` (``S_x``,
+  ``τ_i`` the first minute boundary at which ``E_i`` reaches its value at the horizon);
+- ``P(t_s)``: a straight line fitted to the aggregate power of ``S_c`` in the ``window_s``
+  before the signal, at ``t_s``;
 - recovery ``t_r``: the end of the rising edge after ``t_c``, found on the derivative of the
   aggregate power (the first minute boundary after the steepest rise where the rise falls below
   ``edge_fraction`` of it);
 - ``P(t_r)``: a line fitted to the power in the ``window_s`` after ``t_r``, at ``t_r``;
 - ``P(t_c) = P(t_s) + (P(t_r) − P(t_s)) · (t_c − t_s) / (t_r − t_s)``;
-- baseline ``E_base = (P(t_s) + P(t_c)) · (t_c − t_s) / 2``; shifted ``E_shift = E_base − E_del``;
+- baseline ``E_base = (P(t_s) + P(t_c)) · (t_c − t_s) / 2 + Σ_{i∈S_x} p̄_i · (min(τ_i, t_c) − t_s)⁺``
+  (the departures captured session by session); shifted ``E_shift = E_base − E_del``;
 - value ``Σ_q E_shift,q · π_q`` over the ISPs ``q`` the activation spans (the baseline line and
   the delivered energy split at ISP boundaries), ``π_q`` the imbalance price;
 - theoretical minimum ``E_min = Σ_{i∈S} min(p̄_i, p_min,i) · (t_c − t_s)`` with ``p̄_i`` the
@@ -124,6 +128,8 @@ class ActivationResult:
     t_clear_s: float
     t_recovery_s: float
     sessions: int
+    stopped_sessions: int
+    stopped_baseline_kwh: float
     p_signal_kw: float
     p_clear_kw: float
     p_recovery_kw: float
@@ -191,8 +197,11 @@ def measure_activation(
     edges = edges[edges >= lo]
     mid = (edges[:-1] + edges[1:]) / 2.0
     dur_h = (t_clear_s - t_signal_s) / 3600.0
+    stop_kwh = np.zeros(0)
+    stop_s = np.zeros(0)
     if idx.size == 0:
         p = np.zeros(mid.size)
+        p_cont = p
         ptheo = p
         pre_p = np.zeros(0)
     else:
@@ -200,12 +209,24 @@ def measure_activation(
         p = per.sum(axis=0)
         pre_p = rec.power_kw(np.array([t_signal_s - PRE_S, t_signal_s]), idx)[:, 0]
         ptheo = np.minimum(per, rec.min_power_kw[idx, None]).sum(axis=0)
+        # sessions that stop charging (leave, are full, profile ends) before t_c + WINDOW_S
+        horizon = edges[edges <= t_clear_s + WINDOW_S + 1e-6]
+        e_h = rec.energy_kwh(horizon, idx)
+        done = e_h >= e_h[:, -1:] - 1e-6
+        tau = horizon[np.argmax(done, axis=1)]
+        stopped = tau < horizon[-1] - MINUTE_S
+        stop_s = tau[stopped]
+        stop_kw = pre_p[stopped]
+        stop_kwh = stop_kw * np.clip(np.minimum(stop_s, t_clear_s) - t_signal_s, 0, None) / 3600
+        p_cont = per[~stopped].sum(axis=0)
 
     before = (edges[1:] <= t_signal_s) & (edges[:-1] >= t_signal_s - WINDOW_S)
-    p_sig = line_at(mid[before], p[before], t_signal_s) if idx.size else 0.0
-    t_rec = recovery_time(edges, p, t_clear_s)
+    p_sig = line_at(mid[before], p_cont[before], t_signal_s) if idx.size else 0.0
+    if not np.isfinite(p_sig):
+        p_sig = 0.0
+    t_rec = recovery_time(edges, p_cont, t_clear_s)
     after = (edges[:-1] >= t_rec) & (edges[1:] <= t_rec + WINDOW_S)
-    p_rec = line_at(mid[after], p[after], t_rec) if idx.size else 0.0
+    p_rec = line_at(mid[after], p_cont[after], t_rec) if idx.size else 0.0
     if not np.isfinite(p_rec):
         p_rec = p_sig
     frac = (t_clear_s - t_signal_s) / (t_rec - t_signal_s)
@@ -217,10 +238,13 @@ def measure_activation(
     else:
         e_at = np.zeros(cuts.size)
     line = p_sig + (p_clr - p_sig) * (cuts - t_signal_s) / (t_clear_s - t_signal_s)
+    stop_kw_all = pre_p[stopped] if idx.size else np.zeros(0)
     segments = []
     value = 0.0
     for a in range(cuts.size - 1):
         base = (line[a] + line[a + 1]) / 2.0 * (cuts[a + 1] - cuts[a]) / 3600.0
+        held = np.clip(np.minimum(stop_s, cuts[a + 1]) - cuts[a], 0, None)
+        base += float((stop_kw_all * held).sum()) / 3600.0
         dlv = float(e_at[a + 1] - e_at[a])
         price = price_eur_per_mwh
         if not np.isfinite(price):
@@ -235,7 +259,7 @@ def measure_activation(
                 "price_eur_per_mwh": None if not np.isfinite(price) else price,
             }
         )
-    baseline = (p_sig + p_clr) / 2.0 * dur_h
+    baseline = (p_sig + p_clr) / 2.0 * dur_h + float(stop_kwh.sum())
     delivered = float(e_at[-1] - e_at[0])
     shifted = baseline - delivered
     e_min = float(np.minimum(pre_p, rec.min_power_kw[idx]).sum() * dur_h) if idx.size else 0.0
@@ -248,6 +272,8 @@ def measure_activation(
         t_clear_s=t_clear_s,
         t_recovery_s=t_rec,
         sessions=int(idx.size),
+        stopped_sessions=int(stop_s.size),
+        stopped_baseline_kwh=float(stop_kwh.sum()),
         p_signal_kw=p_sig,
         p_clear_kw=p_clr,
         p_recovery_kw=p_rec,
@@ -258,7 +284,7 @@ def measure_activation(
         performance_ratio=ratio,
         value_eur=value,
         segments=segments,
-        series={"edges_s": edges, "p_kw": p, "p_min_kw": ptheo},
+        series={"edges_s": edges, "p_kw": p, "p_cont_kw": p_cont, "p_min_kw": ptheo},
     )
 
 
