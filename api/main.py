@@ -14,7 +14,16 @@ from fastapi.responses import JSONResponse
 
 from api.db import make_engine, make_sessionmaker, migrate
 from api.events import Events
-from api.routes import dso, health, ocpi_sessions, profiles, runs, schedules, topology
+from api.routes import (
+    dso,
+    health,
+    measurement,
+    ocpi_sessions,
+    profiles,
+    runs,
+    schedules,
+    topology,
+)
 from api.settings import Settings, get_settings
 
 DESCRIPTION = """
@@ -115,7 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    for module in (health, schedules, topology, ocpi_sessions, profiles, dso, runs):
+    for module in (health, schedules, topology, ocpi_sessions, profiles, dso, runs, measurement):
         app.include_router(module.router)
     return app
 

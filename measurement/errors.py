@@ -25,6 +25,8 @@ class MeasurementError(GridchargeError, ValueError):
         self.field = field
         self.value = value
         self.reason = reason
+        if hasattr(value, "item") and callable(value.item):  # numpy scalar
+            value = value.item()
         shown = repr(value)
         if len(shown) > 80:
             shown = shown[:77] + "..."

@@ -114,7 +114,8 @@ def price_at(prices: pd.DataFrame | None, t_s: float, isp_s: int = ISP_S) -> flo
     if prices is None or prices.empty:
         return float("nan")
     start = np.floor(t_s / isp_s) * isp_s
-    hit = prices.loc[np.isclose(prices["start_s"].to_numpy(float), start), "price_eur_per_mwh"]
+    near = np.abs(prices["start_s"].to_numpy(float) - start) < 0.5
+    hit = prices.loc[near, "price_eur_per_mwh"]
     return float(hit.iloc[0]) if len(hit) else float("nan")
 
 
@@ -172,6 +173,7 @@ def measure_activation(
     region: str = "",
     price_eur_per_mwh: float = float("nan"),
     prices: pd.DataFrame | None = None,
+    split_stopped: bool = True,
 ) -> ActivationResult:
     """Shifted energy, baseline, theoretical minimum and value of one activation.
 
@@ -189,6 +191,10 @@ def measure_activation(
         ``prices``.
     prices : pandas.DataFrame, optional
         From :func:`measurement.io.load_prices`.
+    split_stopped : bool
+        Take the sessions that stop charging before the horizon out of the trapezoid and
+        count each at its pre-signal power until it stops (``S_x``); ``False`` gives the plain
+        aggregate trapezoid over all of ``S``.
     """
     idx = active_sessions(rec, t_signal_s, region)
     lo = t_signal_s - PLOT_MARGIN_S
@@ -214,7 +220,7 @@ def measure_activation(
         e_h = rec.energy_kwh(horizon, idx)
         done = e_h >= e_h[:, -1:] - 1e-6
         tau = horizon[np.argmax(done, axis=1)]
-        stopped = tau < horizon[-1] - MINUTE_S
+        stopped = (tau < horizon[-1] - MINUTE_S) & split_stopped
         stop_s = tau[stopped]
         stop_kw = pre_p[stopped]
         stop_kwh = stop_kw * np.clip(np.minimum(stop_s, t_clear_s) - t_signal_s, 0, None) / 3600
@@ -289,7 +295,10 @@ def measure_activation(
 
 
 def measure_activations(
-    rec: Reconstruction, activations: pd.DataFrame, prices: pd.DataFrame | None = None
+    rec: Reconstruction,
+    activations: pd.DataFrame,
+    prices: pd.DataFrame | None = None,
+    split_stopped: bool = True,
 ) -> list[ActivationResult]:
     """:func:`measure_activation` for each row of :func:`measurement.io.load_activations`."""
     return [
@@ -301,6 +310,7 @@ def measure_activations(
             str(a.region),
             float(a.price_eur_per_mwh),
             prices,
+            split_stopped,
         )
         for a in activations.itertuples(index=False)
     ]
