@@ -223,7 +223,9 @@ def summarise(days: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def to_markdown(s: dict[str, Any], args: argparse.Namespace, when: str, where: str, secs: float) -> str:
+def to_markdown(
+    s: dict[str, Any], args: argparse.Namespace, when: str, where: str, secs: float
+) -> str:
     r, sc, m, sh, nr = (
         s["isp_region"],
         s["isp_subcluster"],
@@ -232,7 +234,9 @@ def to_markdown(s: dict[str, Any], args: argparse.Namespace, when: str, where: s
         s["non_responding"],
     )
     qs = ", ".join(f"{float(k):.0%}: {v:+.1f} %" for k, v in sh["quantiles_err_pct"].items())
-    hist, edges = np.histogram(np.clip(s["errors_pct"], -50, 50), bins=[-50, -20, -10, -5, -2, 0, 2, 5, 10, 20, 50])
+    hist, edges = np.histogram(
+        np.clip(s["errors_pct"], -50, 50), bins=[-50, -20, -10, -5, -2, 0, 2, 5, 10, 20, 50]
+    )
     hist_rows = "\n".join(
         f"| {edges[k]:+.0f} … {edges[k + 1]:+.0f} % | {hist[k]} |" for k in range(hist.size)
     )

@@ -295,7 +295,9 @@ def readme(report: Report, summary: dict[str, Any]) -> str:
         "",
     ]
     for row in report.stations.head(20).itertuples(index=False):
-        lines.append(f"- {row.station}: {row.findings} findings, {row.sessions} sessions, {row.kinds}")
+        lines.append(
+            f"- {row.station}: {row.findings} findings, {row.sessions} sessions, {row.kinds}"
+        )
     lines += [
         "",
         "## Flexibility",

@@ -251,7 +251,9 @@ def demo(
 
 @app.command()
 def measure(
-    states: Annotated[Path, typer.Option(help="Meter states (CSV or JSON), see docs/MEASUREMENT.md.")],
+    states: Annotated[
+        Path, typer.Option(help="Meter states (CSV or JSON), see docs/MEASUREMENT.md.")
+    ],
     activations: Annotated[
         Path, typer.Option(help="Activation log: id, t_signal, t_clear, region, price.")
     ],
@@ -259,7 +261,9 @@ def measure(
         Path | None, typer.Option(help="Station smart-meter energy per ISP (CSV or JSON).")
     ] = None,
     prices: Annotated[Path | None, typer.Option(help="Imbalance price per ISP.")] = None,
-    tz: Annotated[str, typer.Option(help="Time zone of the hour-of-day curve.")] = "Europe/Amsterdam",
+    tz: Annotated[
+        str, typer.Option(help="Time zone of the hour-of-day curve.")
+    ] = "Europe/Amsterdam",
     output: Annotated[Path, typer.Option("-o", "--output", help="Report directory.")] = Path(
         "report"
     ),

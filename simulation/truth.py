@@ -224,7 +224,10 @@ def _physics(
     n = net.n_sessions
     m_lo = start + MINUTE_S * np.arange(minutes)
     pres = np.clip(
-        (np.minimum(ses["dep_s"][:, None], m_lo + MINUTE_S) - np.maximum(ses["arr_s"][:, None], m_lo))
+        (
+            np.minimum(ses["dep_s"][:, None], m_lo + MINUTE_S)
+            - np.maximum(ses["arr_s"][:, None], m_lo)
+        )
         / MINUTE_S,
         0.0,
         1.0,

@@ -81,7 +81,9 @@ def test_activation_checks() -> None:
     ac = load_activations(cases.activation())
     assert ac["t_clear_s"].iloc[0] - ac["t_signal_s"].iloc[0] == 600
     assert ac["price_eur_per_mwh"].iloc[0] == 400.0
-    ac = load_activations([{"id": "x", "t_signal": cases.iso(cases.T0), "end": cases.iso(cases.T_CLEAR)}])
+    ac = load_activations(
+        [{"id": "x", "t_signal": cases.iso(cases.T0), "end": cases.iso(cases.T_CLEAR)}]
+    )
     assert ac["region"].iloc[0] == "" and np.isnan(ac["price_eur_per_mwh"].iloc[0])
     with pytest.raises(BadActivation, match=r"activations\[0\]\.t_clear: must be after t_signal"):
         load_activations(cases.activation(t_clear=cases.iso(cases.T0)))

@@ -99,12 +99,14 @@ def test_station_isp_energy_and_meters_with_idle() -> None:
     # meters: the true energy plus 4 W idle; an idle station shows only the idle
     idle_kwh = 0.004 / 4
     rows = [
-        {"station": "st-1", "start": cases.iso(pd.Timestamp(s, unit="s", tz="UTC")), "kwh": v + idle_kwh}
+        {
+            "station": "st-1",
+            "start": cases.iso(pd.Timestamp(s, unit="s", tz="UTC")),
+            "kwh": v + idle_kwh,
+        }
         for s, v in zip(table.columns, table.iloc[0], strict=True)
     ]
-    rows += [
-        {"station": "st-9", "start": r["start"], "kwh": idle_kwh} for r in rows
-    ]
+    rows += [{"station": "st-9", "start": r["start"], "kwh": idle_kwh} for r in rows]
     meters = load_meters(rows)
     table.loc["st-9"] = 0.0
     idle = estimate_idle_kw(meters, table)

@@ -59,7 +59,9 @@ def test_power_respects_profile_and_connector_except_injected(setup: Any, day: T
     per_step = net.grid.step_s // 60
     i = day.power_cf_kw / net.kw_per_a[:, None]
     limit = np.repeat(sched, per_step, axis=1)
-    exceed = np.isin(day.station, day.injected.loc[day.injected["kind"] == "exceed_profile", "station"])
+    exceed = np.isin(
+        day.station, day.injected.loc[day.injected["kind"] == "exceed_profile", "station"]
+    )
     assert (i[~exceed] <= limit[~exceed] + 1e-6).all()
     assert (i <= net.max_a[:, None] + 1e-6).all()
     need = np.array([s["energy_kwh"] for s in sc["sessions"]])
@@ -68,7 +70,9 @@ def test_power_respects_profile_and_connector_except_injected(setup: Any, day: T
 
 def test_counterfactual_differs_only_around_activations(day: TruthDay) -> None:
     none = (day.power_kw == day.power_cf_kw).all(axis=0)
-    m = (day.activations["t_signal"].map(pd.Timestamp).map(lambda t: t.timestamp()) - day.start_s) // 60
+    m = (
+        day.activations["t_signal"].map(pd.Timestamp).map(lambda t: t.timestamp()) - day.start_s
+    ) // 60
     assert none[: int(m.min())].all()
     assert (day.truth["shifted_kwh"] > 0).all()
     assert (day.truth["counterfactual_kwh"] >= day.truth["delivered_kwh"]).all()
