@@ -38,7 +38,7 @@ from optimizer.network import compile_network
 from optimizer.scenario import parse_scenario
 from optimizer.solve import solve_network
 from simulation.fleet import generate_scenario
-from simulation.truth import ISP_S, plan_activations, simulate_day
+from simulation.truth import plan_activations, simulate_day
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 MIN_SESSIONS = 100
@@ -117,7 +117,7 @@ def one_day(stations: int, seed: int) -> dict[str, Any]:
     return {
         "seed": seed,
         "sessions": int(rec.n_sessions),
-        "states": int(len(states)),
+        "states": len(states),
         "activations": len(results),
         "sim_s": t_sim,
         "measure_s": t_meas,
@@ -131,7 +131,7 @@ def one_day(stations: int, seed: int) -> dict[str, Any]:
         "false_positives": len(found - injected),
         "good_stations": len(good),
         "models": rec.models,
-        "evidence_rows": int(len(evidence)),
+        "evidence_rows": len(evidence),
     }
 
 
@@ -223,36 +223,70 @@ def summarise(days: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f} %"
+
+
 def to_markdown(
     s: dict[str, Any], args: argparse.Namespace, when: str, where: str, secs: float
 ) -> str:
-    r, sc, m, sh, nr = (
-        s["isp_region"],
-        s["isp_subcluster"],
-        s["meters"],
-        s["shifted"],
-        s["non_responding"],
-    )
+    """The results section (markdown)."""
+    r, sc, m = s["isp_region"], s["isp_subcluster"], s["meters"]
+    sh, nr = s["shifted"], s["non_responding"]
     qs = ", ".join(f"{float(k):.0%}: {v:+.1f} %" for k, v in sh["quantiles_err_pct"].items())
-    hist, edges = np.histogram(
-        np.clip(s["errors_pct"], -50, 50), bins=[-50, -20, -10, -5, -2, 0, 2, 5, 10, 20, 50]
-    )
+    bins = [-50, -20, -10, -5, -2, 0, 2, 5, 10, 20, 50]
+    hist, edges = np.histogram(np.clip(s["errors_pct"], -50, 50), bins=bins)
     hist_rows = "\n".join(
         f"| {edges[k]:+.0f} … {edges[k + 1]:+.0f} % | {hist[k]} |" for k in range(hist.size)
     )
+    rows = [
+        (
+            "energy per ISP, region (≥ 100 sessions), within 0.5 %",
+            f"mean {_pct(r['mean_abs_pct'])}, p95 {_pct(r['p95_abs_pct'])}, "
+            f"max {_pct(r['max_abs_pct'])} over {r['isps']} region-ISPs",
+        ),
+        (
+            "energy per ISP, subclusters with ≥ 100 sessions",
+            f"mean {_pct(sc['mean_abs_pct'])}, p95 {_pct(sc['p95_abs_pct'])} over "
+            f"{sc['isps']} ISPs of {sc['groups']} subclusters",
+        ),
+        (
+            "vs smart meters (all stations, per ISP)",
+            f"{m['mape_pct_before']:.2f} % before, {m['mape_pct_after']:.2f} % after idle "
+            f"correction (bias {m['bias_pct_before']:+.2f} % / {m['bias_pct_after']:+.2f} %)",
+        ),
+        (
+            "shifted energy, median activation within 5 %",
+            f"median absolute error {sh['median_abs_err_pct']:.1f} % over "
+            f"{sh['activations']} activations ({sh['within_5_pct']:.0%} within 5 %); "
+            f"{sh['median_abs_err_pct_ge_5kwh']:.1f} % over the {sh['activations_ge_5kwh']} "
+            f"with ≥ 5 kWh true shift; total {sh['total_est_kwh']:.0f} kWh measured vs "
+            f"{sh['total_true_kwh']:.0f} kWh true",
+        ),
+        (
+            "shifted energy, plain aggregate trapezoid (`split_stopped=False`)",
+            f"median absolute error {sh['plain_median_abs_err_pct']:.1f} % (median "
+            f"{sh['plain_median_err_pct']:+.1f} %; {sh['plain_within_5_pct']:.0%} within 5 %)",
+        ),
+        (
+            "non-responding found ≥ 95 %, < 5 % false positives",
+            f"{nr['found_visible']} of {nr['visible']} visibly misbehaving stations found "
+            f"({(nr['recall_visible'] or 0):.0%}; {nr['injected']} injected); "
+            f"{nr['false_positives']} false positives ({nr['fp_share_of_flagged']:.1%} of "
+            f"flagged, {nr['fp_rate_of_good_stations']:.2%} of good stations)",
+        ),
+    ]
+    table = "\n".join(f"| {t} | {v} |" for t, v in rows)
+    days = len(args.seeds.split(","))
     return f"""## Measurement accuracy ({when})
 
-Machine: {where}. `python -m benchmarks.measurement --stations {args.stations} --seeds {args.seeds}`
-({s["sessions"]} sessions over {len(args.seeds.split(","))} simulated days, greedy schedules; {secs:.0f} s in all).
+Machine: {where}.
+`python -m benchmarks.measurement --stations {args.stations} --seeds {args.seeds}`:
+{s["sessions"]} sessions over {days} simulated days, greedy schedules; {secs:.0f} s in all.
 
 | target | result |
 |---|---|
-| energy per ISP, region (≥ 100 sessions), within 0.5 % | mean {r["mean_abs_pct"]:.3f} %, p95 {r["p95_abs_pct"]:.3f} %, max {r["max_abs_pct"]:.3f} % over {r["isps"]} region-ISPs |
-| energy per ISP, subclusters with ≥ 100 sessions | mean {sc["mean_abs_pct"] if sc["mean_abs_pct"] is None else round(sc["mean_abs_pct"], 3)} %, p95 {sc["p95_abs_pct"] if sc["p95_abs_pct"] is None else round(sc["p95_abs_pct"], 3)} % over {sc["isps"]} ISPs of {sc["groups"]} subclusters |
-| vs smart meters (all stations, per ISP) | {m["mape_pct_before"]:.2f} % before, {m["mape_pct_after"]:.2f} % after idle correction (bias {m["bias_pct_before"]:+.2f} % / {m["bias_pct_after"]:+.2f} %) |
-| shifted energy, median activation within 5 % | median absolute error {sh["median_abs_err_pct"]:.1f} % over {sh["activations"]} activations ({sh["within_5_pct"]:.0%} within 5 %); {sh["median_abs_err_pct_ge_5kwh"]:.1f} % over the {sh["activations_ge_5kwh"]} with ≥ 5 kWh true shift; total {sh["total_est_kwh"]:.0f} kWh measured vs {sh["total_true_kwh"]:.0f} kWh true |
-| shifted energy, plain aggregate trapezoid (no split of stopping sessions) | median absolute error {sh["plain_median_abs_err_pct"]:.1f} % (median {sh["plain_median_err_pct"]:+.1f} %; {sh["plain_within_5_pct"]:.0%} within 5 %) |
-| non-responding found ≥ 95 %, < 5 % false positives | {nr["found_visible"]} of {nr["visible"]} visibly misbehaving stations found ({(nr["recall_visible"] or 0):.0%}; {nr["injected"]} injected); {nr["false_positives"]} false positives ({nr["fp_share_of_flagged"]:.1%} of flagged, {nr["fp_rate_of_good_stations"]:.2%} of good stations) |
+{table}
 
 Shifted-energy error quantiles (measured − true, relative to true): {qs}.
 

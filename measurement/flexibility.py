@@ -30,10 +30,10 @@ def non_responding(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Sessions that did not follow a curtailment or drew more than their profile.
 
-    A session (not opted out) *ignores a curtailment* when it charged above ``p_min + tolerance`` before the
-    signal and, between ``t_signal + grace`` and ``t_clear``, a state reports a phase current
-    above ``min_current_a + tolerance_a``; with no state in that window, when its reconstructed
-    mean power over the activation exceeds ``p_min + tolerance·phases·V + (p̄ − p_min)·grace /
+    A session (not opted out) *ignores a curtailment* when it charged above
+    ``p_min + tolerance`` before the signal and, between ``t_signal + grace`` and
+    ``t_clear``, a state reports a phase current above ``min_current_a + tolerance_a``; with
+    no state in that window, when its reconstructed mean power over the activation exceeds ``p_min + tolerance·phases·V + (p̄ − p_min)·grace /
     (t_clear − t_signal)`` (``p̄`` its power before the signal). A session *exceeds its
     profile* when at least :data:`MIN_EXCESS_STATES` states report a phase current above the
     ``profile_a`` in force plus ``tolerance_a`` (states in the first ``grace`` after a signal
@@ -80,7 +80,9 @@ def non_responding(
             limit = float(states["min_current_a"].iat[k]) + tolerance_a
             if imax[k] > limit:
                 rows.append(
-                    _finding("ignored_curtailment", a.id, states, k, imax[k], limit - tolerance_a)
+                    _finding(
+                        "ignored_curtailment", a.id, states, int(k), imax[k], limit - tolerance_a
+                    )
                 )
         rest = np.array([pos[s] for s in ids if s not in seen], dtype=int)
         if rest.size:
@@ -120,7 +122,7 @@ def non_responding(
         repeat = set(counts[counts >= MIN_EXCESS_STATES].index)
         for k in np.nonzero(over)[0]:
             if sid[k] in repeat:
-                rows.append(_finding("exceeded_profile", "", states, k, imax[k], prof[k]))
+                rows.append(_finding("exceeded_profile", "", states, int(k), imax[k], prof[k]))
     cols = [
         "kind",
         "activation",

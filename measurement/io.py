@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -28,7 +28,7 @@ VOLTAGE_V = 230.0
 DEFAULT_MIN_CURRENT_A = 8.0
 _OFFSET = r"(?:Z|z|[+-]\d\d:?\d\d)$"
 
-Table = str | Path | pd.DataFrame | list[dict[str, Any]]
+Table: TypeAlias = str | Path | pd.DataFrame | list[dict[str, Any]]
 
 
 def read_table(source: Table, name: str) -> pd.DataFrame:

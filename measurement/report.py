@@ -50,7 +50,7 @@ class Report:
                 "value_eur": round(float(np.nansum([a.value_eur for a in self.activations])), 2),
             },
             "non_responding": {
-                "findings": int(len(self.evidence)),
+                "findings": len(self.evidence),
                 "stations": self.stations.to_dict(orient="records"),
             },
             "erasable_by_hour": [
@@ -87,7 +87,7 @@ def build_report(
     from measurement.reconstruct import clean_states
 
     _, counts = clean_states(states)
-    counts["rows"] = int(len(states))
+    counts["rows"] = len(states)
     breaks = np.r_[activations["t_signal_s"].to_numpy(), activations["t_clear_s"].to_numpy()]
     rec = reconstruct(states, breaks)
     results = measure_activations(rec, activations, prices)

@@ -54,7 +54,7 @@ def line_at(t_s: np.ndarray, p_kw: np.ndarray, at_s: float) -> float:
         return float("nan")
     if t_s.size == 1 or np.ptp(t_s) == 0:
         return float(np.mean(p_kw))
-    slope, icpt = np.polyfit(t_s - at_s, p_kw, 1)
+    _slope, icpt = np.polyfit(t_s - at_s, p_kw, 1)
     return float(icpt)
 
 
@@ -239,10 +239,7 @@ def measure_activation(
     p_clr = p_sig + (p_rec - p_sig) * frac
 
     cuts = isp_segments(t_signal_s, t_clear_s)
-    if idx.size:
-        e_at = rec.total_energy_kwh(cuts, idx)
-    else:
-        e_at = np.zeros(cuts.size)
+    e_at = rec.total_energy_kwh(cuts, idx) if idx.size else np.zeros(cuts.size)
     line = p_sig + (p_clr - p_sig) * (cuts - t_signal_s) / (t_clear_s - t_signal_s)
     stop_kw_all = pre_p[stopped] if idx.size else np.zeros(0)
     segments = []

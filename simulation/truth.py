@@ -154,7 +154,7 @@ def plan_activations(
     start = datetime.fromisoformat(scenario["grid"]["start"]).astimezone(UTC).timestamp()
     length = scenario["grid"]["step_s"] * scenario["grid"]["steps"]
     regions = [n["id"] for n in scenario["nodes"] if n.get("parent") is None]
-    out = []
+    out: list[dict[str, Any]] = []
     for region in regions:
         t = start + rng.uniform(1800, 3600)
         while t < start + length - 2 * ISP_S:

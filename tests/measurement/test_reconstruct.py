@@ -48,7 +48,7 @@ def test_dip_model_solves_the_level_between_known_instants() -> None:
 
 
 def test_constant_model_when_nothing_else_fits() -> None:
-    ta, ea, tb, eb, model = interval_models(
+    ta, ea, _tb, _eb, model = interval_models(
         one(300), one(0.5), one(P16), one(P16), one(0), one(0), np.array([0])
     )
     assert model[0] == 2
