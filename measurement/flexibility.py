@@ -33,11 +33,11 @@ def non_responding(
     A session (not opted out) *ignores a curtailment* when it charged above
     ``p_min + tolerance`` before the signal and, between ``t_signal + grace`` and
     ``t_clear``, a state reports a phase current above ``min_current_a + tolerance_a``; with
-    no state in that window, when its reconstructed mean power over the activation exceeds ``p_min + tolerance·phases·V + (p̄ − p_min)·grace /
-    (t_clear − t_signal)`` (``p̄`` its power before the signal). A session *exceeds its
-    profile* when at least :data:`MIN_EXCESS_STATES` states report a phase current above the
-    ``profile_a`` in force plus ``tolerance_a`` (states in the first ``grace`` after a signal
-    are not counted).
+    no state in that window, when its reconstructed mean power over the activation exceeds
+    ``p_min + tolerance·phases·V + (p̄ − p_min)·grace / (t_clear − t_signal)`` (``p̄`` its
+    power before the signal). A session *exceeds its profile* when at least
+    :data:`MIN_EXCESS_STATES` states report a phase current above the ``profile_a`` in force
+    plus ``tolerance_a`` (states in the first ``grace`` after a signal are not counted).
 
     Parameters
     ----------
