@@ -103,8 +103,10 @@ def one_day(stations: int, seed: int) -> dict[str, Any]:
             {
                 "id": r.id,
                 "true_kwh": float(t["shifted_kwh"]),
+                "true_cf_kwh": float(t["counterfactual_kwh"]),
                 "est_kwh": r.shifted_kwh,
                 "plain_kwh": plain[r.id],
+                "hold_kwh": r.hold_shifted_kwh,
                 "sessions": r.sessions,
                 "ratio": r.performance_ratio,
             }
@@ -173,7 +175,9 @@ def summarise(days: list[dict[str, Any]]) -> dict[str, Any]:
     sh = pd.DataFrame([s for d in days for s in d["shifted"]])
     sh["err_pct"] = 100 * (sh["est_kwh"] - sh["true_kwh"]) / sh["true_kwh"].abs()
     sh["plain_err_pct"] = 100 * (sh["plain_kwh"] - sh["true_kwh"]) / sh["true_kwh"].abs()
+    sh["hold_err_pct"] = 100 * (sh["hold_kwh"] - sh["true_kwh"]) / sh["true_kwh"].abs()
     big = sh[sh["true_kwh"] >= 5.0]
+    deep = sh[sh["true_kwh"] >= 0.1 * sh["true_cf_kwh"]]
     q = [0.1, 0.25, 0.5, 0.75, 0.9]
     visible = sum(d["visible"] for d in days)
     good = sum(d["good_stations"] for d in days)
@@ -203,9 +207,14 @@ def summarise(days: list[dict[str, Any]]) -> dict[str, Any]:
             "within_5_pct": float((sh["err_pct"].abs() <= 5).mean()),
             "activations_ge_5kwh": len(big),
             "median_abs_err_pct_ge_5kwh": float(big["err_pct"].abs().median()),
+            "activations_ge_10pct": len(deep),
+            "median_abs_err_pct_ge_10pct": float(deep["err_pct"].abs().median()),
             "plain_median_abs_err_pct": float(sh["plain_err_pct"].abs().median()),
             "plain_median_err_pct": float(sh["plain_err_pct"].median()),
             "plain_within_5_pct": float((sh["plain_err_pct"].abs() <= 5).mean()),
+            "hold_median_abs_err_pct": float(sh["hold_err_pct"].abs().median()),
+            "hold_median_err_pct": float(sh["hold_err_pct"].median()),
+            "hold_within_5_pct": float((sh["hold_err_pct"].abs() <= 5).mean()),
             "total_true_kwh": float(sh["true_kwh"].sum()),
             "total_est_kwh": float(sh["est_kwh"].sum()),
         },
@@ -260,13 +269,20 @@ def to_markdown(
             f"median absolute error {sh['median_abs_err_pct']:.1f} % over "
             f"{sh['activations']} activations ({sh['within_5_pct']:.0%} within 5 %); "
             f"{sh['median_abs_err_pct_ge_5kwh']:.1f} % over the {sh['activations_ge_5kwh']} "
-            f"with ≥ 5 kWh true shift; total {sh['total_est_kwh']:.0f} kWh measured vs "
+            f"with ≥ 5 kWh true shift; {sh['median_abs_err_pct_ge_10pct']:.1f} % over the "
+            f"{sh['activations_ge_10pct']} that shifted ≥ 10 % of their counterfactual energy; "
+            f"median signed error {sh['median_err_pct']:+.1f} %; total {sh['total_est_kwh']:.0f} kWh measured vs "
             f"{sh['total_true_kwh']:.0f} kWh true",
         ),
         (
             "shifted energy, plain aggregate trapezoid (`split_stopped=False`)",
             f"median absolute error {sh['plain_median_abs_err_pct']:.1f} % (median "
             f"{sh['plain_median_err_pct']:+.1f} %; {sh['plain_within_5_pct']:.0%} within 5 %)",
+        ),
+        (
+            "cross-check: sessions held at their pre-signal power (`hold_shifted_kwh`)",
+            f"median absolute error {sh['hold_median_abs_err_pct']:.1f} % (median "
+            f"{sh['hold_median_err_pct']:+.1f} %; {sh['hold_within_5_pct']:.0%} within 5 %)",
         ),
         (
             "non-responding found ≥ 95 %, < 5 % false positives",

@@ -19,6 +19,8 @@ charging at ``t_s`` (in the activation's region):
   (the departures captured session by session); shifted ``E_shift = E_base − E_del``;
 - value ``Σ_q E_shift,q · π_q`` over the ISPs ``q`` the activation spans (the baseline line and
   the delivered energy split at ISP boundaries), ``π_q`` the imbalance price;
+- cross-check ``E_hold = Σ_{i∈S_c} p_i(t_s⁻) · (t_c − t_s) + (stopped sessions as above)``:
+  every continuing session held at its power in the minute before the signal;
 - theoretical minimum ``E_min = Σ_{i∈S} min(p̄_i, p_min,i) · (t_c − t_s)`` with ``p̄_i`` the
   session's power in the ``pre_s`` before the signal; performance ratio
   ``E_shift / (E_base − E_min)``.
@@ -139,6 +141,8 @@ class ActivationResult:
     shifted_kwh: float
     theoretical_min_kwh: float
     performance_ratio: float
+    hold_baseline_kwh: float
+    hold_shifted_kwh: float
     value_eur: float
     segments: list[dict[str, float]] = field(default_factory=list)
     series: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
@@ -205,6 +209,7 @@ def measure_activation(
     dur_h = (t_clear_s - t_signal_s) / 3600.0
     stop_kwh = np.zeros(0)
     stop_s = np.zeros(0)
+    hold_kwh = 0.0
     if idx.size == 0:
         p = np.zeros(mid.size)
         p_cont = p
@@ -225,6 +230,8 @@ def measure_activation(
         stop_kw = pre_p[stopped]
         stop_kwh = stop_kw * np.clip(np.minimum(stop_s, t_clear_s) - t_signal_s, 0, None) / 3600
         p_cont = per[~stopped].sum(axis=0)
+        last_min = rec.power_kw(np.array([t_signal_s - MINUTE_S, t_signal_s]), idx)[:, 0]
+        hold_kwh = float(last_min[~stopped].sum()) * dur_h + float(stop_kwh.sum())
 
     before = (edges[1:] <= t_signal_s) & (edges[:-1] >= t_signal_s - WINDOW_S)
     p_sig = line_at(mid[before], p_cont[before], t_signal_s) if idx.size else 0.0
@@ -285,6 +292,8 @@ def measure_activation(
         shifted_kwh=shifted,
         theoretical_min_kwh=e_min,
         performance_ratio=ratio,
+        hold_baseline_kwh=hold_kwh,
+        hold_shifted_kwh=hold_kwh - delivered,
         value_eur=value,
         segments=segments,
         series={"edges_s": edges, "p_kw": p, "p_cont_kw": p_cont, "p_min_kw": ptheo},

@@ -8,7 +8,8 @@ counterfactual day without activations.
   and not full (``draw`` ~ U(0.96, 1.0): cars take a little less than offered; ``taper`` lowers
   the current linearly over the last :data:`TAPER_KWH` down to 30 %). Schedules switch at their
   step boundaries exactly (profiles carry their start times);
-- an activation drops every session charging at ``t_signal`` in its region (not opted out) to
+- an activation drops every session charging at ``t_signal`` (drawing power in the minute
+  before) in its region (not opted out) to
   its station's minimum current from ``t_signal + d_on`` until ``t_clear + d_off``, the response
   delays ``d_on, d_off`` ~ U(2 s, 30 s) per session. Sessions that arrive during the activation
   follow their schedule;
@@ -244,7 +245,8 @@ def _physics(
     for m in range(minutes):
         for k in by_minute.get(m, []):
             a = activations[k]
-            on = (pres[:, m] > 0) & (rem > 1e-9) & ~net.opt_out
+            charging = power[:, m - 1] > 0 if m > 0 else np.zeros(n, bool)
+            on = (pres[:, m] > 0) & (rem > 1e-9) & charging & ~net.opt_out
             if a.get("region"):
                 on &= ses["region"] == a["region"]
             who = np.nonzero(on)[0]
