@@ -271,7 +271,8 @@ def to_markdown(
             f"{sh['median_abs_err_pct_ge_5kwh']:.1f} % over the {sh['activations_ge_5kwh']} "
             f"with ≥ 5 kWh true shift; {sh['median_abs_err_pct_ge_10pct']:.1f} % over the "
             f"{sh['activations_ge_10pct']} that shifted ≥ 10 % of their counterfactual energy; "
-            f"median signed error {sh['median_err_pct']:+.1f} %; total {sh['total_est_kwh']:.0f} kWh measured vs "
+            f"median signed error {sh['median_err_pct']:+.1f} %; "
+            f"total {sh['total_est_kwh']:.0f} kWh measured vs "
             f"{sh['total_true_kwh']:.0f} kWh true",
         ),
         (

@@ -181,7 +181,9 @@ def plot_report(report: Report, out: Path) -> list[Path]:
         edges = s["edges_s"]
         mins = (edges[:-1] - a.t_signal_s) / 60.0
         fig, ax = plt.subplots(figsize=(8, 4))
-        ax.step(mins, s["p_kw"], where="post", label="reconstructed power")
+        ax.step(mins, s["p_kw"], where="post", label="reconstructed power, all of S")
+        if a.stopped_sessions:
+            ax.step(mins, s["p_cont_kw"], where="post", lw=0.8, label="sessions charging on (S_c)")
         ax.step(mins, s["p_min_kw"], where="post", label="theoretical minimum", ls=":")
         dur = (a.t_clear_s - a.t_signal_s) / 60.0
         ax.fill(
@@ -189,7 +191,7 @@ def plot_report(report: Report, out: Path) -> list[Path]:
             [0, a.p_signal_kw, a.p_clear_kw, 0],
             alpha=0.2,
             color="tab:green",
-            label=f"baseline {a.baseline_kwh:.1f} kWh",
+            label=f"baseline trapezoid of S_c (+{a.stopped_baseline_kwh:.1f} kWh stopped)",
         )
         ax.axvline((a.t_recovery_s - a.t_signal_s) / 60.0, color="grey", ls="--", lw=0.8)
         ax.set_xlabel("minutes from signal")

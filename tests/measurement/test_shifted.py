@@ -199,3 +199,21 @@ def test_line_fit_and_recovery_edge_on_hand_series() -> None:
 def test_isp_segments() -> None:
     assert list(isp_segments(600.0, 1200.0)) == [600.0, 900.0, 1200.0]
     assert list(isp_segments(0.0, 900.0)) == [0.0, 900.0]
+
+
+def test_row_order_and_session_names_change_nothing() -> None:
+    recs = cases.states()
+    _, _, _, (ref,) = _measure(recs)
+    rng = np.random.default_rng(3)
+    shuffled = [recs[k] for k in rng.permutation(len(recs))]
+    for r in shuffled:
+        r["session_id"] = {"a": "zz", "b": "aa"}[r["session_id"]]
+    _, _, _, (r,) = _measure(shuffled)
+    assert r.shifted_kwh == pytest.approx(ref.shifted_kwh, abs=1e-9)
+    assert r.baseline_kwh == pytest.approx(ref.baseline_kwh, abs=1e-9)
+
+
+def test_states_every_minute_give_the_same_answer() -> None:
+    dense = tuple(float(m) for m in range(2, 60))
+    _, _, _, (r,) = _measure(cases.states(dense))
+    assert r.shifted_kwh == pytest.approx(0.92, abs=1e-3)
