@@ -324,12 +324,32 @@ def station_isp_energy(rec: Reconstruction, edges_s: np.ndarray) -> pd.DataFrame
     pandas.DataFrame
         Index ``station``, columns the ISP starts [s since epoch].
     """
-    stations, inv = np.unique(rec.station.astype(str), return_inverse=True)
-    out = np.zeros((stations.size, edges_s.size - 1))
+    long = group_isp_energy(rec, edges_s, "station")
+    table = long.pivot(index="station", columns="start_s", values="e_kwh")
+    table.columns = edges_s[:-1]
+    return table
+
+
+def group_isp_energy(rec: Reconstruction, edges_s: np.ndarray, by: str) -> pd.DataFrame:
+    """Reconstructed energy per ``by`` (``station``, ``subcluster`` or ``region``) and ISP [kWh].
+
+    Returns
+    -------
+    pandas.DataFrame
+        Long form: ``start_s`` [s since epoch], ``by``, ``e_kwh``.
+    """
+    labels, inv = np.unique(getattr(rec, by).astype(str), return_inverse=True)
+    out = np.zeros((labels.size, edges_s.size - 1))
     for k in range(0, rec.n_sessions, _CHUNK):
         idx = np.arange(k, min(k + _CHUNK, rec.n_sessions))
         np.add.at(out, inv[idx], np.diff(rec.energy_kwh(edges_s, idx), axis=1))
-    return pd.DataFrame(out, index=pd.Index(stations, name="station"), columns=edges_s[:-1])
+    return pd.DataFrame(
+        {
+            "start_s": np.tile(edges_s[:-1], labels.size),
+            by: np.repeat(labels, edges_s.size - 1),
+            "e_kwh": out.ravel(),
+        }
+    )
 
 
 def estimate_idle_kw(

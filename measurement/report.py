@@ -16,6 +16,7 @@ from measurement.reconstruct import (
     ISP_S,
     Reconstruction,
     compare_meters,
+    group_isp_energy,
     isp_edges_s,
     reconstruct,
     station_isp_energy,
@@ -134,6 +135,13 @@ def write_report(report: Report, out: Path) -> list[Path]:
     fp.index = [iso(t) for t in fp.index]
     fp.index.name = "start"
     put("fleet_power.csv", fp.round(4).to_csv())
+    rec = report.rec
+    edges = isp_edges_s(float(rec.first_s.min()), float(rec.last_s.max()))
+    for by in ("subcluster", "region"):
+        if (rec.__getattribute__(by) != "").any():
+            g = group_isp_energy(rec, edges, by)
+            g.insert(0, "start", [iso(t) for t in g.pop("start_s")])
+            put(f"isp_energy_by_{by}.csv", g.round(6).to_csv(index=False))
     if report.meters is not None:
         isp = report.meters["isp"].copy()
         isp.index = [iso(t) for t in isp.index]

@@ -57,6 +57,8 @@ def test_measure_writes_the_report(files: dict[str, Path], tmp_path: Path) -> No
         "activations.csv",
         "non_responding.csv",
         "erasable_by_hour.csv",
+        "isp_energy_by_region.csv",
+        "isp_energy_by_subcluster.csv",
         "meter_vs_reconstructed.png",
         "actual_vs_theoretical_minimum.png",
         "erasable_by_hour.png",

@@ -11,6 +11,7 @@ from measurement.reconstruct import (
     clean_states,
     compare_meters,
     estimate_idle_kw,
+    group_isp_energy,
     interval_models,
     isp_edges_s,
     reconstruct,
@@ -94,6 +95,9 @@ def test_station_isp_energy_and_meters_with_idle() -> None:
     edges = isp_edges_s(T0.timestamp(), T0.timestamp() + 3600)
     table = station_isp_energy(rec, edges)
     assert list(table.index) == ["st-1"]
+    region = group_isp_energy(rec, edges, "region")
+    assert list(region["region"].unique()) == ["region-01"]
+    assert region["e_kwh"].to_numpy() == pytest.approx(table.iloc[0].to_numpy())
     # ISP 10:15–10:30: a at 16 A 5 min + 8 A 10 min, b at 16 A all along
     assert table.iloc[0, 1] == pytest.approx(P16 * 5 / 60 + P8 * 10 / 60 + P16 / 4, abs=1e-6)
     # meters: the true energy plus 4 W idle; an idle station shows only the idle
