@@ -18,6 +18,7 @@ from api.routes import (
     demand_response,
     dso,
     health,
+    measurement,
     ocpi_sessions,
     profiles,
     runs,
@@ -124,7 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    for module in (health, schedules, topology, ocpi_sessions, profiles, dso, runs):
+    for module in (health, schedules, topology, ocpi_sessions, profiles, dso, runs, measurement):
         app.include_router(module.router)
     app.include_router(demand_response.router)
     return app

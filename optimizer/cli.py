@@ -267,6 +267,99 @@ def demo(
 
 
 @app.command()
+def measure(
+    states: Annotated[
+        Path, typer.Option(help="Meter states (CSV or JSON), see docs/MEASUREMENT.md.")
+    ],
+    activations: Annotated[
+        Path, typer.Option(help="Activation log: id, t_signal, t_clear, region, price.")
+    ],
+    meters: Annotated[
+        Path | None, typer.Option(help="Station smart-meter energy per ISP (CSV or JSON).")
+    ] = None,
+    prices: Annotated[Path | None, typer.Option(help="Imbalance price per ISP.")] = None,
+    tz: Annotated[
+        str, typer.Option(help="Time zone of the hour-of-day curve.")
+    ] = "Europe/Amsterdam",
+    output: Annotated[Path, typer.Option("-o", "--output", help="Report directory.")] = Path(
+        "report"
+    ),
+) -> None:
+    """Measure shifted energy per activation, non-responding chargers and the erasable-power
+    curve from OCPI meter states; write a report (README, JSON, CSV, PNG plots)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from measurement.io import load_activations, load_meters, load_prices, load_states
+    from measurement.report import build_report, write_report
+
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise fail(f"--tz: unknown time zone (got {tz!r})") from None
+    try:
+        st = load_states(states)
+        act = load_activations(activations)
+        met = load_meters(meters) if meters is not None else None
+        pri = load_prices(prices) if prices is not None else None
+        report = build_report(st, act, met, pri, tz=tz)
+    except GridchargeError as exc:
+        raise fail(str(exc)) from None
+    write_report(report, output)
+    table = Table(title="Activations", box=box.SIMPLE)
+    for col in ("id", "sessions", "baseline kWh", "delivered kWh", "shifted kWh", "value EUR"):
+        table.add_column(col, justify="left" if col == "id" else "right")
+    for a in report.activations:
+        table.add_row(
+            a.id,
+            str(a.sessions),
+            f"{a.baseline_kwh:.2f}",
+            f"{a.delivered_kwh:.2f}",
+            f"{a.shifted_kwh:.2f}",
+            "n/a" if a.value_eur != a.value_eur else f"{a.value_eur:.2f}",
+        )
+    console.print(table)
+    console.print(
+        f"non-responding: {len(report.stations)} stations; report written to {output}/README.md"
+    )
+
+
+@app.command("simulate-day")
+def simulate_day_cmd(
+    stations: Annotated[int, typer.Option(help="Number of two-connector stations.")] = 300,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 1,
+    method: Annotated[str, typer.Option(help="Schedule method: greedy or lp.")] = "greedy",
+    misbehaving: Annotated[
+        float, typer.Option(help="Share of stations injected as misbehaving.")
+    ] = 0.03,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Directory for the files.")] = Path(
+        "simulated-day"
+    ),
+) -> None:
+    """Simulate a day with demand-response activations and write the files `gridcharge
+    measure` reads (states, activations, meters, prices) plus the ground truth."""
+    from optimizer.network import compile_network
+    from optimizer.scenario import parse_scenario
+    from simulation.fleet import generate_scenario
+    from simulation.truth import plan_activations, simulate_day
+
+    if stations < 1:
+        raise fail(f"--stations: must be >= 1 (got {stations})")
+    if method not in ("greedy", "lp"):
+        raise fail(f"--method: must be greedy or lp (got {method!r})")
+    if not 0.0 <= misbehaving <= 1.0:
+        raise fail(f"--misbehaving: must be within [0, 1] (got {misbehaving})")
+    sc = generate_scenario(stations=stations, seed=seed)
+    schedule = solve_network(compile_network(parse_scenario(sc)), method)
+    day = simulate_day(sc, schedule, plan_activations(sc, seed), seed, misbehaving)
+    paths = day.write(output)
+    console.print(
+        f"wrote {', '.join(p.name for p in paths.values())} to {output}: "
+        f"{len(day.session_ids)} sessions, {len(day.states)} states, "
+        f"{len(day.activations)} activations"
+    )
+
+
+@app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,

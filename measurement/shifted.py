@@ -1,0 +1,322 @@
+"""Energy shifted per demand-response activation, its value and the performance ratio
+(equations in ``docs/MEASUREMENT.md``).
+
+For an activation from ``t_s`` (signal) to ``t_c`` (clear) over the set ``S`` of sessions
+charging at ``t_s`` (in the activation's region):
+
+- delivered ``E_del = Σ_{i∈S} E_i(t_c) − E_i(t_s)``;
+- ``S`` splits into the sessions that keep charging after the recovery (``S_c``) and those that
+  stop (leave, are full, their profile ends) at ``τ_i`` before ``t_c + window_s`` (``S_x``,
+  ``τ_i`` the first minute boundary at which ``E_i`` reaches its value at the horizon);
+- ``P(t_s)``: a straight line fitted to the aggregate power of ``S_c`` in the ``window_s``
+  before the signal, at ``t_s``;
+- recovery ``t_r``: the end of the rising edge after ``t_c``, found on the derivative of the
+  aggregate power (the first minute boundary after the steepest rise where the rise falls below
+  ``edge_fraction`` of it);
+- ``P(t_r)``: a line fitted to the power in the ``window_s`` after ``t_r``, at ``t_r``;
+- ``P(t_c) = P(t_s) + (P(t_r) − P(t_s)) · (t_c − t_s) / (t_r − t_s)``;
+- baseline ``E_base = (P(t_s) + P(t_c)) · (t_c − t_s) / 2 + Σ_{i∈S_x} p̄_i · (min(τ_i, t_c) − t_s)⁺``
+  (the departures captured session by session); shifted ``E_shift = E_base − E_del``;
+- value ``Σ_q E_shift,q · π_q`` over the ISPs ``q`` the activation spans (the baseline line and
+  the delivered energy split at ISP boundaries), ``π_q`` the imbalance price;
+- cross-check ``E_hold = Σ_{i∈S_c} p_i(t_s⁻) · (t_c − t_s) + (stopped sessions as above)``:
+  every continuing session held at its power in the minute before the signal;
+- theoretical minimum ``E_min = Σ_{i∈S} min(p̄_i, p_min,i) · (t_c − t_s)`` with ``p̄_i`` the
+  session's power in the ``pre_s`` before the signal; performance ratio
+  ``E_shift / (E_base − E_min)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from measurement.reconstruct import ISP_S, MINUTE_S, Reconstruction
+
+WINDOW_S = 600.0
+"""Length of the fits before the signal and after the recovery [s]."""
+PRE_S = 300.0
+"""Window before the signal that defines each session's pre-signal power [s]."""
+SEARCH_S = 600.0
+"""How long after ``t_clear`` the recovery edge is searched [s]."""
+EDGE_FRACTION = 0.1
+ACTIVE_KW = 0.05
+"""Power [kW] above which a session counts as charging at the signal."""
+PLOT_MARGIN_S = 1800.0
+
+
+def line_at(t_s: np.ndarray, p_kw: np.ndarray, at_s: float) -> float:
+    """Least-squares line through ``(t_s, p_kw)`` evaluated at ``at_s`` [kW]; the mean for
+    fewer than two points, NaN for none."""
+    if t_s.size == 0:
+        return float("nan")
+    if t_s.size == 1 or np.ptp(t_s) == 0:
+        return float(np.mean(p_kw))
+    _slope, icpt = np.polyfit(t_s - at_s, p_kw, 1)
+    return float(icpt)
+
+
+def recovery_time(edges_s: np.ndarray, p_kw: np.ndarray, t_clear_s: float) -> float:
+    """End of the rising edge after ``t_clear`` [s since epoch].
+
+    Parameters
+    ----------
+    edges_s : numpy.ndarray
+        Minute boundaries [s]; ``p_kw`` holds the mean power between consecutive ones [kW].
+    p_kw : numpy.ndarray
+        Aggregate power [kW].
+    t_clear_s : float
+        Clear instant [s].
+
+    Returns
+    -------
+    float
+        The first boundary after the steepest rise in ``[t_c − 1 min, t_c + SEARCH_S]`` where
+        the rise ``dP_j = P_j − P_{j−1}`` drops below ``EDGE_FRACTION`` of the steepest; ``t_c``
+        when power does not rise.
+    """
+    d = np.diff(p_kw)  # d[j] is the change at boundary edges[j + 1]
+    at = edges_s[1:-1]
+    look = np.nonzero((at >= t_clear_s - MINUTE_S) & (at <= t_clear_s + SEARCH_S))[0]
+    if look.size == 0:
+        return t_clear_s
+    j = look[np.argmax(d[look])]
+    peak = d[j]
+    if peak <= 0:
+        return t_clear_s
+    later = np.nonzero((np.arange(d.size) > j) & (d <= EDGE_FRACTION * peak))[0]
+    end = later[0] if later.size else j + 1
+    return float(max(at[end], t_clear_s))
+
+
+def active_sessions(rec: Reconstruction, t_signal_s: float, region: str = "") -> np.ndarray:
+    """Indices of the sessions charging at ``t_signal`` (power above ``ACTIVE_KW`` in the minute
+    before it, a state at or before it and one after it), in ``region`` when given."""
+    cand = np.nonzero((rec.first_s <= t_signal_s) & (rec.last_s > t_signal_s))[0]
+    if region:
+        cand = cand[rec.region[cand] == region]
+    if cand.size == 0:
+        return cand
+    p = rec.power_kw(np.array([t_signal_s - MINUTE_S, t_signal_s]), cand)[:, 0]
+    return cand[p > ACTIVE_KW]
+
+
+def isp_segments(t_signal_s: float, t_clear_s: float, isp_s: int = ISP_S) -> np.ndarray:
+    """Boundaries of the pieces of ``[t_s, t_c]`` cut at ISP boundaries [s]."""
+    inner = np.arange(np.floor(t_signal_s / isp_s) + 1, np.ceil(t_clear_s / isp_s)) * isp_s
+    return np.r_[t_signal_s, inner[(inner > t_signal_s) & (inner < t_clear_s)], t_clear_s]
+
+
+def price_at(prices: pd.DataFrame | None, t_s: float, isp_s: int = ISP_S) -> float:
+    """Imbalance price of the ISP holding ``t_s`` [EUR/MWh]; NaN when unknown."""
+    if prices is None or prices.empty:
+        return float("nan")
+    start = np.floor(t_s / isp_s) * isp_s
+    near = np.abs(prices["start_s"].to_numpy(float) - start) < 0.5
+    hit = prices.loc[near, "price_eur_per_mwh"]
+    return float(hit.iloc[0]) if len(hit) else float("nan")
+
+
+@dataclass
+class ActivationResult:
+    """Measured outcome of one activation (energies [kWh], powers [kW], times [s])."""
+
+    id: str
+    region: str
+    t_signal_s: float
+    t_clear_s: float
+    t_recovery_s: float
+    sessions: int
+    stopped_sessions: int
+    stopped_baseline_kwh: float
+    p_signal_kw: float
+    p_clear_kw: float
+    p_recovery_kw: float
+    baseline_kwh: float
+    delivered_kwh: float
+    shifted_kwh: float
+    theoretical_min_kwh: float
+    performance_ratio: float
+    hold_baseline_kwh: float
+    hold_shifted_kwh: float
+    value_eur: float
+    segments: list[dict[str, float]] = field(default_factory=list)
+    series: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready record, times as ISO-8601 UTC."""
+        out: dict[str, Any] = {}
+        for key, value in self.__dict__.items():
+            if key == "series":
+                continue
+            if key.endswith("_s"):
+                out[key[:-2]] = iso(value)
+            elif isinstance(value, float):
+                out[key] = None if np.isnan(value) else round(value, 6)
+            else:
+                out[key] = value
+        return out
+
+
+def iso(t_s: float) -> str:
+    """UTC ISO-8601 with ``Z``."""
+    t = round(float(t_s), 3)
+    spec = "seconds" if t == int(t) else "milliseconds"
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec=spec).replace("+00:00", "Z")
+
+
+def measure_activation(
+    rec: Reconstruction,
+    activation_id: str,
+    t_signal_s: float,
+    t_clear_s: float,
+    region: str = "",
+    price_eur_per_mwh: float = float("nan"),
+    prices: pd.DataFrame | None = None,
+    split_stopped: bool = True,
+) -> ActivationResult:
+    """Shifted energy, baseline, theoretical minimum and value of one activation.
+
+    Parameters
+    ----------
+    rec : Reconstruction
+        The reconstructed sessions.
+    activation_id : str
+    t_signal_s, t_clear_s : float
+        Signal and clear instants [s since epoch].
+    region : str
+        Region the signal went to ('' = every session).
+    price_eur_per_mwh : float
+        Imbalance price for the whole activation [EUR/MWh]; NaN to take each ISP's price from
+        ``prices``.
+    prices : pandas.DataFrame, optional
+        From :func:`measurement.io.load_prices`.
+    split_stopped : bool
+        Take the sessions that stop charging before the horizon out of the trapezoid and
+        count each at its pre-signal power until it stops (``S_x``); ``False`` gives the plain
+        aggregate trapezoid over all of ``S``.
+    """
+    idx = active_sessions(rec, t_signal_s, region)
+    lo = t_signal_s - PLOT_MARGIN_S
+    n_after = int(np.ceil((t_clear_s + PLOT_MARGIN_S - t_signal_s) / MINUTE_S))
+    edges = t_signal_s + MINUTE_S * np.arange(-int(PLOT_MARGIN_S // MINUTE_S), n_after + 1)
+    edges = edges[edges >= lo]
+    mid = (edges[:-1] + edges[1:]) / 2.0
+    dur_h = (t_clear_s - t_signal_s) / 3600.0
+    stop_kwh = np.zeros(0)
+    stop_s = np.zeros(0)
+    hold_kwh = 0.0
+    if idx.size == 0:
+        p = np.zeros(mid.size)
+        p_cont = p
+        ptheo = p
+        pre_p = np.zeros(0)
+    else:
+        per = rec.power_kw(edges, idx)
+        p = per.sum(axis=0)
+        pre_p = rec.power_kw(np.array([t_signal_s - PRE_S, t_signal_s]), idx)[:, 0]
+        ptheo = np.minimum(per, rec.min_power_kw[idx, None]).sum(axis=0)
+        # sessions that stop charging (leave, are full, profile ends) before t_c + WINDOW_S
+        horizon = edges[edges <= t_clear_s + WINDOW_S + 1e-6]
+        e_h = rec.energy_kwh(horizon, idx)
+        done = e_h >= e_h[:, -1:] - 1e-6
+        tau = horizon[np.argmax(done, axis=1)]
+        stopped = (tau < horizon[-1] - MINUTE_S) & split_stopped
+        stop_s = tau[stopped]
+        stop_kw = pre_p[stopped]
+        stop_kwh = stop_kw * np.clip(np.minimum(stop_s, t_clear_s) - t_signal_s, 0, None) / 3600
+        p_cont = per[~stopped].sum(axis=0)
+        last_min = rec.power_kw(np.array([t_signal_s - MINUTE_S, t_signal_s]), idx)[:, 0]
+        hold_kwh = float(last_min[~stopped].sum()) * dur_h + float(stop_kwh.sum())
+
+    before = (edges[1:] <= t_signal_s) & (edges[:-1] >= t_signal_s - WINDOW_S)
+    p_sig = line_at(mid[before], p_cont[before], t_signal_s) if idx.size else 0.0
+    if not np.isfinite(p_sig):
+        p_sig = 0.0
+    t_rec = recovery_time(edges, p_cont, t_clear_s)
+    after = (edges[:-1] >= t_rec) & (edges[1:] <= t_rec + WINDOW_S)
+    p_rec = line_at(mid[after], p_cont[after], t_rec) if idx.size else 0.0
+    if not np.isfinite(p_rec):
+        p_rec = p_sig
+    frac = (t_clear_s - t_signal_s) / (t_rec - t_signal_s)
+    p_clr = p_sig + (p_rec - p_sig) * frac
+
+    cuts = isp_segments(t_signal_s, t_clear_s)
+    e_at = rec.total_energy_kwh(cuts, idx) if idx.size else np.zeros(cuts.size)
+    line = p_sig + (p_clr - p_sig) * (cuts - t_signal_s) / (t_clear_s - t_signal_s)
+    stop_kw_all = pre_p[stopped] if idx.size else np.zeros(0)
+    segments = []
+    value = 0.0
+    for a in range(cuts.size - 1):
+        base = (line[a] + line[a + 1]) / 2.0 * (cuts[a + 1] - cuts[a]) / 3600.0
+        held = np.clip(np.minimum(stop_s, cuts[a + 1]) - cuts[a], 0, None)
+        base += float((stop_kw_all * held).sum()) / 3600.0
+        dlv = float(e_at[a + 1] - e_at[a])
+        price = price_eur_per_mwh
+        if not np.isfinite(price):
+            price = price_at(prices, cuts[a])
+        value += (base - dlv) * price / 1000.0
+        segments.append(
+            {
+                "isp_start": iso(np.floor(cuts[a] / ISP_S) * ISP_S),
+                "baseline_kwh": round(base, 6),
+                "delivered_kwh": round(dlv, 6),
+                "shifted_kwh": round(base - dlv, 6),
+                "price_eur_per_mwh": None if not np.isfinite(price) else price,
+            }
+        )
+    baseline = (p_sig + p_clr) / 2.0 * dur_h + float(stop_kwh.sum())
+    delivered = float(e_at[-1] - e_at[0])
+    shifted = baseline - delivered
+    e_min = float(np.minimum(pre_p, rec.min_power_kw[idx]).sum() * dur_h) if idx.size else 0.0
+    room = baseline - e_min
+    ratio = shifted / room if room > 1e-9 else float("nan")
+    return ActivationResult(
+        id=activation_id,
+        region=region,
+        t_signal_s=t_signal_s,
+        t_clear_s=t_clear_s,
+        t_recovery_s=t_rec,
+        sessions=int(idx.size),
+        stopped_sessions=int(stop_s.size),
+        stopped_baseline_kwh=float(stop_kwh.sum()),
+        p_signal_kw=p_sig,
+        p_clear_kw=p_clr,
+        p_recovery_kw=p_rec,
+        baseline_kwh=baseline,
+        delivered_kwh=delivered,
+        shifted_kwh=shifted,
+        theoretical_min_kwh=e_min,
+        performance_ratio=ratio,
+        hold_baseline_kwh=hold_kwh,
+        hold_shifted_kwh=hold_kwh - delivered,
+        value_eur=value,
+        segments=segments,
+        series={"edges_s": edges, "p_kw": p, "p_cont_kw": p_cont, "p_min_kw": ptheo},
+    )
+
+
+def measure_activations(
+    rec: Reconstruction,
+    activations: pd.DataFrame,
+    prices: pd.DataFrame | None = None,
+    split_stopped: bool = True,
+) -> list[ActivationResult]:
+    """:func:`measure_activation` for each row of :func:`measurement.io.load_activations`."""
+    return [
+        measure_activation(
+            rec,
+            str(a.id),
+            float(a.t_signal_s),
+            float(a.t_clear_s),
+            str(a.region),
+            float(a.price_eur_per_mwh),
+            prices,
+            split_stopped,
+        )
+        for a in activations.itertuples(index=False)
+    ]
