@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, status
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -17,6 +17,7 @@ from api.db import transaction, utcnow
 from api.deps import DbDep, SettingsDep, require
 from api.models_dr import DrActivation, DrContractRule, DrSignal
 from api.security import Principal
+from api.sessions import UtcDateTime
 
 router = APIRouter(tags=["demand-response"])
 
@@ -38,7 +39,7 @@ class _In(BaseModel):
 
 
 class SignalBody(_In):
-    end: AwareDatetime | None = Field(
+    end: UtcDateTime | None = Field(
         default=None, description="Restore no later than this (aware time in the future)."
     )
     target_kw: float | None = Field(
@@ -295,7 +296,7 @@ def put_consent(
 def get_audit(
     db: DbDep,
     principal: Operator,
-    since: Annotated[AwareDatetime | None, Query()] = None,
+    since: Annotated[UtcDateTime | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
 ) -> list[dict[str, Any]]:
     return dr.audit_log(db, since, limit)
@@ -310,7 +311,9 @@ def get_flexibility(
     db: DbDep,
     settings: SettingsDep,
     principal: Signaller,
-    at: Annotated[AwareDatetime | None, Query(description="Default: now.")] = None,
+    at: Annotated[
+        UtcDateTime | None, Query(description="RFC 3339 date-time with offset. Default: now.")
+    ] = None,
 ) -> dict[str, Any]:
     now: datetime = at or utcnow()
     return dr.flexibility(db, settings, now)

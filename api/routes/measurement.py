@@ -14,12 +14,13 @@ from typing import Annotated, Any
 import numpy as np
 import pandas as pd
 from fastapi import APIRouter, Depends, HTTPException
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from api.deps import DbDep, require
 from api.models import ChargingSession, Connector, SessionState, Station, TopologyNode
 from api.security import Principal
+from api.sessions import UtcDateTime
 from measurement.errors import MeasurementError
 from measurement.flexibility import non_responding
 from measurement.io import load_activations, load_prices, load_states
@@ -39,8 +40,8 @@ class _Model(BaseModel):
 
 class ActivationIn(_Model):
     id: str = Field(min_length=1, max_length=200)
-    t_signal: AwareDatetime
-    t_clear: AwareDatetime
+    t_signal: UtcDateTime
+    t_clear: UtcDateTime
     region: str | None = Field(default=None, description="Region signalled (default: all).")
     price_eur_per_mwh: float | None = Field(
         default=None, description="Imbalance price of the activation [EUR/MWh]."
@@ -48,7 +49,7 @@ class ActivationIn(_Model):
 
 
 class PriceIn(_Model):
-    start: AwareDatetime = Field(description="Start of the ISP.")
+    start: UtcDateTime = Field(description="Start of the ISP.")
     price_eur_per_mwh: float
 
 

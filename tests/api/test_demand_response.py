@@ -236,6 +236,7 @@ def test_manual_relay_of_a_partial_signal(
         ({"target_kw": 0.0}, "target_kw"),
         ({"end": "2030-01-01T00:00:00"}, "end"),  # no offset
         ({"target": 5.0}, "target"),  # unknown field
+        ({"end": 1893456000}, "end"),  # an epoch number is not a date-time
     ],
 )
 def test_bad_signals_are_refused_and_nothing_is_stored(
@@ -253,6 +254,15 @@ def test_bad_signals_are_refused_and_nothing_is_stored(
     assert r.json()["detail"].startswith(f"{field}:")
     assert count(factory, DrSignal) == 0 and count(factory, DrActivation) == 0
     assert count(factory, DrAuditEntry) == n_audit and count(factory, Profile) == 0
+
+
+def test_flexibility_time_must_be_a_date_time_with_offset(
+    app_client: TestClient, keys: dict[str, str]
+) -> None:
+    for bad in ("0.0", "2026-11-25T10:00:00"):
+        r = app_client.get(f"/v1/flexibility?at={bad}", headers=auth(keys["operator"]))
+        assert r.status_code == 422, r.text
+        assert "at" in r.text
 
 
 def test_roles_that_may_not_signal_or_set_the_policy(
