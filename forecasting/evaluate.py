@@ -29,8 +29,10 @@ from forecasting.model import (
 )
 
 MODEL = "model"
-HOUR = "baseline: median stay by arrival hour"
-USER = "baseline: user's past median"
+"""Names of the predictors in results: the model, the median stay by local arrival hour, the
+user's past median stay (new users: the hour median)."""
+HOUR = "hour median"
+USER = "user median"
 
 
 def pinball(y: np.ndarray, pred: np.ndarray, q: float) -> float:

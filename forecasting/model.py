@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,7 +246,7 @@ class ForecastModel:
             "features": list(self.features),
             "shift_h": [float(x) for x in self.shift_h],
         }
-        return bytes(sio.dumps(payload))
+        return bytes(sio.dumps(payload, compression=zipfile.ZIP_DEFLATED))
 
     @classmethod
     def from_bytes(cls, data: bytes, metadata: dict[str, Any] | None = None) -> ForecastModel:
