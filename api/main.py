@@ -14,7 +14,17 @@ from fastapi.responses import JSONResponse
 
 from api.db import make_engine, make_sessionmaker, migrate
 from api.events import Events
-from api.routes import dso, health, ocpi_sessions, profiles, runs, schedules, topology
+from api.forecast import fail_interrupted
+from api.routes import (
+    dso,
+    forecast,
+    health,
+    ocpi_sessions,
+    profiles,
+    runs,
+    schedules,
+    topology,
+)
 from api.settings import Settings, get_settings
 
 DESCRIPTION = """
@@ -66,6 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.events = Events()
         app.state.jobs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobs")
         schedules.resume_jobs(app.state.sessionmaker, app.state.jobs)
+        app.state.forecast_jobs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forecast")
+        fail_interrupted(app.state.sessionmaker)  # forecast training left by a stopped process
         loops = _start_background(app, cfg) if cfg.background else []
         try:
             yield
@@ -73,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for loop in loops:
                 loop.stop()
             app.state.jobs.shutdown(wait=False, cancel_futures=True)
+            app.state.forecast_jobs.shutdown(wait=False, cancel_futures=True)
             engine.dispose()
 
     app = FastAPI(
@@ -115,7 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    for module in (health, schedules, topology, ocpi_sessions, profiles, dso, runs):
+    for module in (health, schedules, topology, ocpi_sessions, profiles, dso, runs, forecast):
         app.include_router(module.router)
     return app
 

@@ -197,3 +197,8 @@ class Setting(Base):
     __tablename__ = "settings"
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[Any] = mapped_column(JSON)
+
+
+# The forecasting registry's tables live in their own module; importing it here puts them in
+# the same metadata wherever these models are used (migrations check, ORM).
+import api.models_forecast  # noqa: E402, F401

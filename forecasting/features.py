@@ -143,7 +143,7 @@ def build_features(df: pd.DataFrame, holiday_country: str = "NL") -> pd.DataFram
     """
     hour = local_hour(df)
     local = df["arrival"] + pd.to_timedelta(df["utc_offset_h"], unit="h")
-    weekday = local.dt.weekday.to_numpy(dtype=float)
+    weekday = local.dt.day_of_week.to_numpy(dtype=float)
     days = local.dt.tz_localize(None).to_numpy(dtype="datetime64[D]")
     if len(df):
         years = local.dt.year
