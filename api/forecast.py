@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+from threadpoolctl import threadpool_limits
 
 from api.db import transaction
 from api.models import ChargingSession, Connector, Station, TopologyNode
@@ -125,7 +126,9 @@ def fail_interrupted(factory: sessionmaker[Session]) -> None:
     """Mark training jobs left queued or running by a stopped process as failed."""
     with transaction(factory) as db:
         for row in db.scalars(
-            select(ForecastModelVersion).where(ForecastModelVersion.status.in_(["queued", "running"]))
+            select(ForecastModelVersion).where(
+                ForecastModelVersion.status.in_(["queued", "running"])
+            )
         ):
             row.status = "failed"
             row.error = "interrupted: the service stopped before training finished"
@@ -139,7 +142,7 @@ def run_training(
     created_by: str,
     source: str,
     holiday_country: str,
-    max_iter: int = 200,
+    max_iter: int = 150,
 ) -> None:
     """Train version ``version_id`` on ``df`` and store the result (status, progress and
     errors are written to its row as it goes)."""
@@ -160,14 +163,16 @@ def run_training(
         assert row is not None
         row.status = "running"
     try:
-        model = train_model(
-            df,
-            created_by=created_by,
-            source=source,
-            holiday_country=holiday_country,
-            max_iter=max_iter,
-            progress=progress,
-        )
+        # one OpenMP thread: the scheduler's solves keep the other cores
+        with threadpool_limits(limits=1):
+            model = train_model(
+                df,
+                created_by=created_by,
+                source=source,
+                holiday_country=holiday_country,
+                max_iter=max_iter,
+                progress=progress,
+            )
         data = model.to_bytes()
     except Exception as exc:  # a failed job is reported on its row, never lost
         log.exception("training of forecast model %s failed", version_id)
@@ -294,7 +299,9 @@ def live_predictions(
             if s.id in live_ids or s.end_date_time is None:
                 continue
             if s.end_date_time > s.start_date_time:
-                records.append(_record(s, places.get(s.connector_id, (s.connector_id, ""))[0], ended=True))
+                records.append(
+                    _record(s, places.get(s.connector_id, (s.connector_id, ""))[0], ended=True)
+                )
     scope_of: dict[str, str] = {}
     for s in sessions:
         station, region = places.get(s.connector_id, (s.connector_id, ""))

@@ -9,11 +9,12 @@ The rules (also in ``docs/api-profiles.md``):
   ``min(start_date_time, grid start)`` (the file format rounds an arrival *up*, which would leave
   a car that plugged in during the current step without a profile until the next step). The
   departure is the session's ``departure``, else the promoted forecast model's departure at
-  quantile ``forecast_quantile`` (``api/forecast.py``), else ``arrival + DEFAULT_STAY_H``; a car that is
-  still plugged in after that (an overstay) is assumed to stay :data:`OVERSTAY_S` longer from the
-  grid start. ``energy_kwh`` = ``max(energy_need_kwh − kwh, 0)`` when a need is known, else
-  the same with the forecast model's energy need, else absent. A session on a connector the topology does not know is left out (logged); of two
-  open sessions on one connector only the newest is kept (the other missed its end).
+  quantile ``forecast_quantile`` (``api/forecast.py``), else ``arrival + DEFAULT_STAY_H``; a car
+  that is still plugged in after that (an overstay) is assumed to stay :data:`OVERSTAY_S` longer
+  from the grid start. ``energy_kwh`` = ``max(energy_need_kwh − kwh, 0)`` when a need is
+  known, else the same with the forecast model's energy need, else absent. A session on a
+  connector the topology does not know is left out (logged); of two open sessions on one
+  connector only the newest is kept (the other missed its end).
 - **DSO caps.** Per region, a slot's cap applies to every step it overlaps; a step overlapped by
   several slots takes the lowest cap (the hard limit holds in every part of the step). Steps no
   slot covers get a non-binding cap: the sum of the maximum power of every connector below the

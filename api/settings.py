@@ -59,7 +59,7 @@ class Settings(BaseSettings):
         "without a driver-given departure (low = conservative); 0 turns the model off.",
     )
     forecast_max_iter: int = Field(
-        default=200, ge=10, description="Boosting iterations per forecasting model."
+        default=150, ge=10, description="Boosting iterations per forecasting model."
     )
     forecast_max_upload_mb: float = Field(
         default=50.0, gt=0, description="Largest training file accepted by the API [MB]."

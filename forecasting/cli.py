@@ -19,8 +19,19 @@ forecast_app = typer.Typer(
     help="Departure-time and energy-need models: train, evaluate, predict.",
     no_args_is_help=True,
 )
-console = Console()
 err_console = Console(stderr=True)
+
+
+class _Out:
+    """stdout: the terminal's width, or 160 columns when piped (the tables stay readable)."""
+
+    def print(self, *objects: Any) -> None:
+        import sys
+
+        Console(width=None if sys.stdout.isatty() else 160).print(*objects)
+
+
+console = _Out()
 
 DataOpt = Annotated[Path, typer.Option("--data", help="Sessions file (.gz allowed).")]
 FormatOpt = Annotated[str, typer.Option("--format", help="csv | ocpi | acn")]
@@ -32,8 +43,10 @@ SaltOpt = Annotated[
 ]
 TzOpt = Annotated[
     str | None,
-    typer.Option(help="Local time zone of UTC-only formats (ocpi: Europe/Amsterdam, acn: "
-                 "America/Los_Angeles)."),
+    typer.Option(
+        help="Local time zone of UTC-only formats (ocpi: Europe/Amsterdam, acn: "
+        "America/Los_Angeles)."
+    ),
 ]
 
 
@@ -62,11 +75,14 @@ def _progress(title: str) -> Iterator[Callable[[float, str], None]]:
         TimeElapsedColumn(),
         console=err_console,
         transient=True,
+        disable=not err_console.is_terminal,
     ) as bar:
         task = bar.add_task(title, total=1.0)
 
         def update(fraction: float, message: str) -> None:
-            bar.update(task, completed=min(max(fraction, 0.0), 1.0), description=f"{title}: {message}")
+            bar.update(
+                task, completed=min(max(fraction, 0.0), 1.0), description=f"{title}: {message}"
+            )
 
         yield update
 
@@ -82,7 +98,10 @@ def _table(title: str, result: dict[str, dict[str, Any]], quantiles: Any) -> Tab
 
     table = Table(title=title, box=box.SIMPLE_HEAVY)
     for i, h in enumerate(metric_header(quantiles)):
-        table.add_column(h, justify="left" if i == 0 else "right")
+        if i == 0:
+            table.add_column(h, no_wrap=True, min_width=max(len(n) for n in result))
+        else:
+            table.add_column(h, justify="right")
     for row in metric_rows(result, quantiles):
         table.add_row(*row)
     return table
@@ -101,6 +120,7 @@ def train_cmd(
     test_fraction: Annotated[
         float, typer.Option(help="Share of the latest sessions held out for the metrics.")
     ] = 0.2,
+    max_iter: Annotated[int, typer.Option(help="Boosting iterations per model.")] = 150,
 ) -> None:
     """Train departure and energy models on completed sessions; write MODELDIR
     (model.skops + metadata.json) and print the hold-out metrics beside the baselines."""
@@ -116,6 +136,7 @@ def train_cmd(
                 source=f"file:{data.name} ({fmt})",
                 holiday_country=holiday_country,
                 test_fraction=test_fraction,
+                max_iter=max_iter,
                 progress=progress,
             )
         save(model, out)
@@ -141,9 +162,12 @@ def evaluate_cmd(
     fmt: FormatOpt = "csv",
     salt: SaltOpt = None,
     local_tz: TzOpt = None,
-    holiday_country: Annotated[str, typer.Option(help="Holiday calendar (without --model).")] = "NL",
+    holiday_country: Annotated[
+        str, typer.Option(help="Holiday calendar (without --model).")
+    ] = "NL",
     test_fraction: Annotated[float, typer.Option(help="Hold-out share (without --model).")] = 0.2,
     folds: Annotated[int, typer.Option(help="Rolling-origin folds (without --model).")] = 3,
+    max_iter: Annotated[int, typer.Option(help="Boosting iterations (without --model).")] = 150,
 ) -> None:
     """Print the metrics of a model and of both baselines on time-ordered data.
 
@@ -172,6 +196,7 @@ def evaluate_cmd(
                 test_fraction=test_fraction,
                 folds=folds,
                 holiday_country=holiday_country,
+                max_iter=max_iter,
                 progress=progress,
             )
     from forecasting.model import QUANTILES

@@ -423,9 +423,13 @@ def load_acn(
         stated_kwh = float("nan")
         if claimed:
             if r.get("estimated_departure", "").strip():
-                stated, _ = parse_time(r["estimated_departure"], _where(i, sid, "estimated_departure"))
+                stated, _ = parse_time(
+                    r["estimated_departure"], _where(i, sid, "estimated_departure")
+                )
             stated_kwh = _float(
-                r.get("requested_energy (kWh)"), _where(i, sid, "requested_energy (kWh)"), optional=True
+                r.get("requested_energy (kWh)"),
+                _where(i, sid, "requested_energy (kWh)"),
+                optional=True,
             )
         out.append(
             {
@@ -492,7 +496,9 @@ def _acn_json(data: bytes, key: bytes, tz: ZoneInfo, require_departure: bool) ->
         stated_kwh = float("nan")
         if isinstance(last, Mapping):
             if last.get("requestedDeparture"):
-                stated = _rfc1123(last["requestedDeparture"], f"{where}.userInputs.requestedDeparture")
+                stated = _rfc1123(
+                    last["requestedDeparture"], f"{where}.userInputs.requestedDeparture"
+                )
             stated_kwh = _float(
                 last.get("kWhRequested"), f"{where}.userInputs.kWhRequested", optional=True
             )
@@ -504,7 +510,9 @@ def _acn_json(data: bytes, key: bytes, tz: ZoneInfo, require_departure: bool) ->
                 "arrival": arrival,
                 "departure": departure,
                 "energy_kwh": _float(
-                    item.get("kWhDelivered"), f"{where}.kWhDelivered", optional=not require_departure
+                    item.get("kWhDelivered"),
+                    f"{where}.kWhDelivered",
+                    optional=not require_departure,
                 ),
                 "utc_offset_h": _local_offset_h(arrival, tz),
                 "stated_departure": stated,
@@ -527,11 +535,17 @@ def load_sessions(
         return load_csv(source, salt=salt, require_departure=require_departure)
     if fmt == "ocpi":
         return load_ocpi(
-            source, salt=salt, local_tz=local_tz or OCPI_LOCAL_TZ, require_departure=require_departure
+            source,
+            salt=salt,
+            local_tz=local_tz or OCPI_LOCAL_TZ,
+            require_departure=require_departure,
         )
     if fmt == "acn":
         return load_acn(
-            source, salt=salt, local_tz=local_tz or ACN_LOCAL_TZ, require_departure=require_departure
+            source,
+            salt=salt,
+            local_tz=local_tz or ACN_LOCAL_TZ,
+            require_departure=require_departure,
         )
     raise ForecastDataError("format", fmt, f"unknown format (one of {', '.join(FORMATS)})")
 
@@ -557,7 +571,9 @@ def from_records(
         sid = str(r["session_id"])
         arrival = r["arrival"]
         if arrival is None or arrival.tzinfo is None:
-            raise ForecastDataError(_where(i, sid, "arrival"), str(arrival), "naive or missing time")
+            raise ForecastDataError(
+                _where(i, sid, "arrival"), str(arrival), "naive or missing time"
+            )
         departure = r.get("departure")
         if departure is None and require_departure:
             raise ForecastDataError(_where(i, sid, "departure"), None, "missing time")

@@ -97,9 +97,7 @@ def compare(
     q = model.predict_stay(test, X_test)
     point = q[:, model.quantiles.index(0.5)]
     out = {
-        MODEL: metrics(
-            y, point, model.quantiles, q, known, kwh, model.predict_energy(test, X_test)
-        )
+        MODEL: metrics(y, point, model.quantiles, q, known, kwh, model.predict_energy(test, X_test))
     }
     hour_point = base.stay(test)
     out[HOUR] = metrics(
@@ -109,7 +107,13 @@ def compare(
     user_point = np.where(np.isfinite(user_med), user_med, hour_point)
     user_kwh = X_test["user_median_energy_kwh"].to_numpy(dtype=float)
     out[USER] = metrics(
-        y, user_point, None, None, known, kwh, np.where(np.isfinite(user_kwh), user_kwh, base.energy(test))
+        y,
+        user_point,
+        None,
+        None,
+        known,
+        kwh,
+        np.where(np.isfinite(user_kwh), user_kwh, base.energy(test)),
     )
     return out
 
@@ -120,7 +124,7 @@ def time_split(df: pd.DataFrame, test_fraction: float = 0.2) -> tuple[int, pd.Ti
     if not 0.0 < test_fraction < 1.0:
         raise ForecastDataError("test_fraction", test_fraction, "must lie in (0, 1)")
     n = len(df)
-    k = int(round(n * (1.0 - test_fraction)))
+    k = round(n * (1.0 - test_fraction))
     k = min(max(k, 1), n - 1)
     return k, df["arrival"].iat[k]
 
@@ -138,7 +142,7 @@ class Evaluation:
     def rolling_mean(self) -> dict[str, dict[str, float]]:
         """Mean over the rolling-origin folds of each predictor's scalar metrics."""
         out: dict[str, dict[str, float]] = {}
-        for name in (self.rolling[0] if self.rolling else {}):
+        for name in self.rolling[0] if self.rolling else {}:
             keys = [
                 k
                 for k, v in self.rolling[0][name].items()
@@ -168,7 +172,7 @@ def evaluate(
     folds: int = 3,
     quantiles: Sequence[float] = QUANTILES,
     holiday_country: str = "NL",
-    max_iter: int = 200,
+    max_iter: int = 150,
     progress: Progress = _no_progress,
 ) -> Evaluation:
     """Train on the past and test on the future: one hold-out split (the last
@@ -202,7 +206,7 @@ def evaluate(
     holdout = fit_test(0, k, len(df), 0)
     rolling: list[dict[str, dict[str, Any]]] = []
     n = len(df)
-    edges = np.linspace(n // 2, n, folds + 1).astype(int) if folds > 0 else []
+    edges: list[int] = np.linspace(n // 2, n, folds + 1).astype(int).tolist() if folds > 0 else []
     for f in range(folds):
         lo, hi = int(edges[f]), int(edges[f + 1])
         if hi - lo < 1 or lo < 20:

@@ -154,9 +154,7 @@ def build_features(df: pd.DataFrame, holiday_country: str = "NL") -> pd.DataFram
     hist = user_history(df)
     gap = hist["user_median_leave_h"].to_numpy() - hour
     gap = (gap + 12.0) % 24.0 - 12.0
-    stated = np.array(
-        (df["stated_departure"] - df["arrival"]) / pd.Timedelta(hours=1), dtype=float
-    )
+    stated = np.array((df["stated_departure"] - df["arrival"]) / pd.Timedelta(hours=1), dtype=float)
     stated[~(stated > 0)] = np.nan
     out = pd.DataFrame(
         {

@@ -111,7 +111,7 @@ def _pipeline(
         kwargs["quantile"] = quantile
     boost = HistGradientBoostingRegressor(
         max_iter=max_iter,
-        learning_rate=0.05,
+        learning_rate=0.1,
         max_leaf_nodes=15,
         min_samples_leaf=20,
         l2_regularization=1.0,
@@ -214,7 +214,9 @@ class ForecastModel:
         median = q[:, self.quantiles.index(0.5)] if 0.5 in self.quantiles else q.mean(axis=1)
         out["departure"] = df["arrival"] + pd.to_timedelta(median, unit="h")
         for j, qq in enumerate(self.quantiles):
-            out[f"departure_{quantile_key(qq)}"] = df["arrival"] + pd.to_timedelta(q[:, j], unit="h")
+            out[f"departure_{quantile_key(qq)}"] = df["arrival"] + pd.to_timedelta(
+                q[:, j], unit="h"
+            )
         out["stay_h"] = median
         for j, qq in enumerate(self.quantiles):
             out[f"stay_{quantile_key(qq)}_h"] = q[:, j]
@@ -353,7 +355,7 @@ def train(
     *,
     quantiles: Sequence[float] = QUANTILES,
     holiday_country: str = "NL",
-    max_iter: int = 200,
+    max_iter: int = 150,
     seed: int = 0,
     progress: Progress = _no_progress,
     X: pd.DataFrame | None = None,
@@ -383,6 +385,8 @@ def train(
     ForecastDataError
         Too few sessions, a session without departure, or a quantile outside (0, 1).
     """
+    if max_iter < 1:
+        raise ForecastDataError("max_iter", max_iter, "must be ≥ 1")
     qs = sorted({float(q) for q in quantiles} | {0.5})
     for q in qs:
         if not 0.0 < q < 1.0:

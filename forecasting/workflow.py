@@ -36,7 +36,7 @@ def train_model(
     quantiles: Sequence[float] = QUANTILES,
     holiday_country: str = "NL",
     test_fraction: float = DEFAULT_TEST_FRACTION,
-    max_iter: int = 200,
+    max_iter: int = 150,
     progress: Progress = _no_progress,
 ) -> ForecastModel:
     """A model trained on all of ``df``, with metadata: the hold-out metrics of the same
@@ -135,7 +135,7 @@ def metric_rows(result: dict[str, dict[str, Any]], quantiles: Sequence[float]) -
     """Rows of a metrics table: predictor, MAE, MAE new/known users, pinball per quantile,
     80 % coverage, energy MAE (``–`` where a predictor has no such figure)."""
 
-    def f(x: Any, fmt: str = "{:.3f}") -> str:
+    def f(x: Any, fmt: str = "{:.2f}") -> str:
         return "–" if x is None else fmt.format(x)
 
     rows = []
