@@ -1,6 +1,6 @@
 """Forecasting benchmark: the departure model against both baselines on every shared dataset,
 on time-ordered splits, and what the scheduler gains from it in a simulated day. Writes
-``docs/FORECASTING.md``'s results section (older runs are kept) and ``docs/benchmarks.json``.
+``docs/FORECASTING.md``'s results section (older runs are kept) and ``docs/forecasting.json``.
 
 Usage: ``python -m benchmarks.forecasting [--data ../shared/data] [--folds 3] [--stations 80]``.
 The shared datasets are read from ``../shared/data`` (absent on a fresh clone: then only the
@@ -21,7 +21,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from benchmarks.run import machine
-from forecasting.data import _frame, hash_user, load_acn, load_csv
+from forecasting.data import hash_user, load_acn, load_csv, sessions_frame
 from forecasting.evaluate import HOUR, MODEL, USER, evaluate
 from forecasting.model import ForecastModel, train
 from optimizer.checker import check_schedule
@@ -63,7 +63,7 @@ def load_workplace(path: Path, salt: bytes) -> pd.DataFrame:
         for i, r in enumerate(raw.itertuples(index=False))
         if d[i] > a[i]
     ]
-    return _frame(recs)
+    return sessions_frame(recs)
 
 
 def load_acn_site(folder: Path, salt: bytes) -> pd.DataFrame:
@@ -176,7 +176,7 @@ def fleet_frame(sc: dict[str, Any], day: str) -> pd.DataFrame:
                 "stated_energy_kwh": float("nan"),
             }
         )
-    return _frame(recs)
+    return sessions_frame(recs)
 
 
 OVERSTAY_S = 3600

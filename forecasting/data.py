@@ -210,8 +210,9 @@ def _csv_rows(data: bytes, required: Sequence[str]) -> list[dict[str, str]]:
     return rows
 
 
-def _frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """The canonical frame of parsed records; checks departure after arrival; sorted."""
+def sessions_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """The canonical frame (:data:`COLUMNS`) of parsed records (aware datetimes), sorted by
+    arrival; refuses an empty list and duplicate session ids."""
     if not records:
         raise ForecastDataError("data", None, "no sessions")
     df = pd.DataFrame.from_records(records, columns=COLUMNS)
@@ -297,7 +298,7 @@ def load_csv(
                 ),
             }
         )
-    return _frame(out)
+    return sessions_frame(out)
 
 
 def _json(data: bytes) -> Any:
@@ -384,7 +385,7 @@ def load_ocpi(
                 "stated_energy_kwh": float("nan"),
             }
         )
-    return _frame(out)
+    return sessions_frame(out)
 
 
 def _truthy(value: object) -> bool:
@@ -448,7 +449,7 @@ def load_acn(
                 "stated_energy_kwh": stated_kwh,
             }
         )
-    return _frame(out)
+    return sessions_frame(out)
 
 
 def _rfc1123(value: object, field: str) -> datetime:
@@ -519,7 +520,7 @@ def _acn_json(data: bytes, key: bytes, tz: ZoneInfo, require_departure: bool) ->
                 "stated_energy_kwh": stated_kwh,
             }
         )
-    return _frame(out)
+    return sessions_frame(out)
 
 
 def load_sessions(
@@ -598,7 +599,7 @@ def from_records(
                 "stated_energy_kwh": float("nan") if stated_kwh is None else float(stated_kwh),
             }
         )
-    return _frame(out)
+    return sessions_frame(out)
 
 
 def fingerprint(df: pd.DataFrame) -> str:
