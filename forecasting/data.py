@@ -138,6 +138,8 @@ def parse_time(
                 field, value, "time without UTC offset (write e.g. 2026-03-01T08:15:00+01:00)"
             )
         t = t.replace(tzinfo=naive_tz)
+    if not 1970 <= t.year <= 2200:
+        raise ForecastDataError(field, value, "year outside 1970..2200")
     off = t.utcoffset()
     assert off is not None
     return t.astimezone(UTC), off.total_seconds() / 3600.0
@@ -146,7 +148,7 @@ def parse_time(
 def _zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError, TypeError):
         raise ForecastDataError("local_tz", name, "unknown time zone") from None
 
 
@@ -198,13 +200,19 @@ def _csv_rows(data: bytes, required: Sequence[str]) -> list[dict[str, str]]:
     if not text.strip():
         raise ForecastDataError("data", None, "empty file (no header, no sessions)")
     reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    missing = [c for c in required if c not in header]
-    if missing:
-        raise ForecastDataError(
-            f"column {missing[0]}", None, f"missing column (required: {', '.join(required)})"
-        )
-    rows = [{(k or "").strip(): (v or "") for k, v in r.items()} for r in reader]
+    try:
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise ForecastDataError(
+                f"column {missing[0]}", None, f"missing column (required: {', '.join(required)})"
+            )
+        rows = [
+            {(k or "").strip(): v if isinstance(v, str) else "" for k, v in r.items()}
+            for r in reader
+        ]
+    except csv.Error as e:
+        raise ForecastDataError("data", f"line {reader.line_num}", f"not CSV: {e}") from None
     if not rows:
         raise ForecastDataError("data", None, "no sessions (the file has only a header)")
     return rows
@@ -458,12 +466,14 @@ def _rfc1123(value: object, field: str) -> datetime:
         raise ForecastDataError(field, None, "missing time")
     try:
         t = parsedate_to_datetime(text)
-    except (TypeError, ValueError):
+    except Exception:  # email.utils raises several types on malformed dates
         t = None
     if t is None:
         return parse_time(text, field)[0]
     if t.tzinfo is None:
         raise ForecastDataError(field, value, "time without UTC offset")
+    if not 1970 <= t.year <= 2200:
+        raise ForecastDataError(field, value, "year outside 1970..2200")
     return t.astimezone(UTC)
 
 
@@ -477,6 +487,8 @@ def _acn_json(data: bytes, key: bytes, tz: ZoneInfo, require_departure: bool) ->
     out: list[dict[str, Any]] = []
     for i, item in enumerate(items):
         where = f"_items[{i}]"
+        if not isinstance(item, Mapping):
+            raise ForecastDataError(where, type(item).__name__, "expected an object")
         for name in ("sessionID", "stationID", "connectionTime"):
             if item.get(name) in (None, ""):
                 raise ForecastDataError(f"{where}.{name}", None, "missing field")

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
@@ -27,6 +27,9 @@ from forecasting.model import MIN_TRAIN_SESSIONS
 
 router = APIRouter(prefix="/v1/forecast", tags=["forecast"])
 Scientist = Annotated[Principal, Depends(require("data-scientist"))]
+MAX_ID = 2**31 - 1
+REGION_PATTERN = r"^[^\x00-\x1f]+$"
+VersionId = Annotated[int, Path(ge=1, le=MAX_ID, description="Model version id.")]
 
 
 def _who(p: Principal) -> str:
@@ -146,9 +149,16 @@ async def upload(
 
 class RetrainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    region: str | None = Field(default=None, description="Only sessions of this DSO region.")
+    region: str | None = Field(
+        default=None,
+        max_length=200,
+        pattern=REGION_PATTERN,
+        description="Only sessions of this DSO region.",
+    )
     since: datetime | None = Field(default=None, description="Only sessions arriving from then.")
-    holiday_country: str = Field(default="NL", description="Holiday calendar (ISO code).")
+    holiday_country: str = Field(
+        default="NL", max_length=10, description="Holiday calendar (ISO code)."
+    )
 
 
 @router.post("/models/retrain", status_code=202, summary="Retrain from the stored sessions")
@@ -196,7 +206,7 @@ def _version(db: Any, version_id: int, field: str = "id") -> ForecastModelVersio
 
 
 @router.get("/models/{version_id}", summary="One version: status, progress, metadata")
-def get_model(version_id: int, db: DbDep, principal: Scientist) -> dict[str, Any]:
+def get_model(version_id: VersionId, db: DbDep, principal: Scientist) -> dict[str, Any]:
     row = _version(db, version_id)
     out = fc.summary(row, _scopes(db).get(row.id, []))
     out["metadata"] = row.meta
@@ -205,9 +215,14 @@ def get_model(version_id: int, db: DbDep, principal: Scientist) -> dict[str, Any
 
 class CompareRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    a: int = Field(description="First version id.")
-    b: int = Field(description="Second version id.")
-    region: str | None = Field(default=None, description="Only sessions of this region.")
+    a: int = Field(ge=1, le=MAX_ID, description="First version id.")
+    b: int = Field(ge=1, le=MAX_ID, description="Second version id.")
+    region: str | None = Field(
+        default=None,
+        max_length=200,
+        pattern=REGION_PATTERN,
+        description="Only sessions of this region.",
+    )
     test_fraction: float = Field(
         default=0.2, gt=0, lt=1, description="Latest share of stored sessions held out."
     )
@@ -260,8 +275,13 @@ def _scope(db: Any, region: str | None) -> str:
 
 class PromoteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: int = Field(description="Version id to put in service.")
-    region: str | None = Field(default=None, description="A DSO region; omitted: global.")
+    version: int = Field(ge=1, le=MAX_ID, description="Version id to put in service.")
+    region: str | None = Field(
+        default=None,
+        max_length=200,
+        pattern=REGION_PATTERN,
+        description="A DSO region; omitted: global.",
+    )
 
 
 def _promotion(p: ForecastPromotion) -> dict[str, Any]:
@@ -307,7 +327,12 @@ def promotions(db: DbDep, principal: Scientist) -> dict[str, Any]:
 
 class RollbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    region: str | None = Field(default=None, description="A DSO region; omitted: global.")
+    region: str | None = Field(
+        default=None,
+        max_length=200,
+        pattern=REGION_PATTERN,
+        description="A DSO region; omitted: global.",
+    )
 
 
 @router.post("/promotions/rollback", summary="Retire the version in service; the previous serves")

@@ -72,6 +72,11 @@ def test_gzip_and_prediction_input_without_departure() -> None:
             "row 1 (session a).energy_kwh",
         ),
         (HEADER + ROW + ROW, "row 2 (session a).session_id: duplicate"),
+        (
+            HEADER + "a,u,s,1066-10-14T09:00:00Z,1066-10-14T17:00:00Z,1\n",
+            "row 1 (session a).arrival: year",
+        ),
+        (HEADER + "a," + "x" * 200_000 + ",s,2026-01-05T07:00:00Z,,1\n", "data: not CSV"),
     ],
 )
 def test_csv_errors_name_row_and_field(text: str, message: str) -> None:
