@@ -337,3 +337,21 @@ def test_requests_are_checked(client: TestClient, keys: dict[str, str], seeded: 
     assert r.status_code == 404 and r.json()["detail"].startswith("version:")
     r = client.post("/v1/forecast/compare", json={"a": 1, "b": 2}, headers=ds)
     assert r.status_code == 404
+
+
+def test_jobs_left_by_a_stopped_service_are_marked_failed(db_url: str) -> None:
+    from api.db import migrate
+    from api.forecast import fail_interrupted
+
+    migrate(db_url)
+    engine = make_engine(db_url)
+    factory = make_sessionmaker(engine)
+    with transaction(factory) as db:
+        db.add(ForecastModelVersion(source="upload (csv)", status="running", meta={}))
+        db.add(ForecastModelVersion(source="upload (csv)", status="ready", meta={}))
+    fail_interrupted(factory)
+    with factory() as db:
+        rows = db.scalars(select(ForecastModelVersion).order_by(ForecastModelVersion.id)).all()
+        assert [r.status for r in rows] == ["failed", "ready"]
+        assert rows[0].error is not None and rows[0].error.startswith("interrupted")
+    engine.dispose()
