@@ -20,7 +20,7 @@ import logging
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -222,7 +222,7 @@ def load_version(row: ForecastModelVersion) -> ForecastModel:
         hit = _cache.get(key)
     if hit is not None:
         return hit
-    model = ForecastModel.from_bytes(data, row.meta)
+    model = ForecastModel.from_bytes(data, {**(row.meta or {}), "model_sha256": digest})
     with _cache_lock:
         if len(_cache) > 16:
             _cache.clear()
@@ -271,6 +271,14 @@ class LivePrediction:
     version: int
 
 
+_live_cache: dict[tuple[str, float, float, str], LivePrediction] = {}
+_LIVE_CACHE_MAX = 200_000
+
+
+def _key(model: ForecastModel) -> str:
+    return str(model.metadata.get("model_sha256", id(model)))
+
+
 def live_predictions(
     db: Session, settings: Settings, sessions: Sequence[ChargingSession]
 ) -> dict[str, LivePrediction]:
@@ -278,7 +286,10 @@ def live_predictions(
     plugged-in ``sessions``, from the model promoted for each session's region (else the
     global one). Empty when no model is promoted or ``forecast_quantile`` is 0.
 
-    The per-user history comes from the stored completed sessions with the same token hash.
+    The per-user history comes from the stored completed sessions with the same token hash
+    that ended in the last ``settings.forecast_history_days``. A session is predicted once per
+    version and quantile (at its first run; the features are those of its arrival) and the
+    prediction is kept in a per-process cache, so a run predicts only new sessions.
     """
     if not sessions or settings.forecast_quantile <= 0:
         return {}
@@ -286,52 +297,69 @@ def live_predictions(
     if not models:
         return {}
     places = connector_places(db)
-    tokens = {s.token_hash for s in sessions if s.token_hash}
+    q = settings.forecast_quantile
+    scope_of: dict[str, str] = {}
+    out: dict[str, LivePrediction] = {}
+    todo: list[ChargingSession] = []
+    for s in sessions:
+        region = places.get(s.connector_id, (s.connector_id, ""))[1]
+        scope = region if region in models else GLOBAL
+        if scope not in models:
+            continue
+        scope_of[s.id] = scope
+        hit = _live_cache.get((_key(models[scope][1]), q, settings.forecast_history_days, s.id))
+        if hit is not None:
+            out[s.id] = hit
+        else:
+            todo.append(s)
+    if not todo:
+        return out
+    tokens = {s.token_hash for s in todo if s.token_hash}
     records: list[dict[str, Any]] = []
     live_ids = {s.id for s in sessions}
     if tokens:
+        since = now_utc() - timedelta(days=settings.forecast_history_days)
         for s in db.scalars(
             select(ChargingSession).where(
                 ChargingSession.token_hash.in_(sorted(tokens)),
                 ChargingSession.end_date_time.is_not(None),
+                ChargingSession.end_date_time >= since,
             )
         ):
             if s.id in live_ids or s.end_date_time is None:
                 continue
             if s.end_date_time > s.start_date_time:
-                records.append(
-                    _record(s, places.get(s.connector_id, (s.connector_id, ""))[0], ended=True)
-                )
-    scope_of: dict[str, str] = {}
-    for s in sessions:
-        station, region = places.get(s.connector_id, (s.connector_id, ""))
-        records.append(_record(s, station, ended=False))
-        scope_of[s.id] = region if region in models else GLOBAL
+                station = places.get(s.connector_id, (s.connector_id, ""))[0]
+                records.append(_record(s, station, ended=True))
+    for s in todo:
+        records.append(_record(s, places.get(s.connector_id, (s.connector_id, ""))[0], ended=False))
     try:
         frame = from_records(records, local_tz=settings.timezone, require_departure=False)
     except ForecastDataError as exc:
         log.error("forecast skipped: %s", exc)
-        return {}
-    out: dict[str, LivePrediction] = {}
-    for scope in set(scope_of.values()):
-        if scope not in models:
-            continue
+        return out
+    wanted = {s.id for s in todo}
+    for scope in sorted({scope_of[s.id] for s in todo}):
         version, model = models[scope]
         try:
-            stay = model.stay_at(frame, settings.forecast_quantile)
+            stay = model.stay_at(frame, q)
             kwh = model.predict_energy(frame)
         except Exception:  # a model that fails on live data must not stop the scheduler
             log.exception("forecast model %s failed on live sessions", version)
             continue
         for i, sid in enumerate(frame["session_id"]):
-            if scope_of.get(sid) != scope:
+            if sid not in wanted or scope_of.get(sid) != scope:
                 continue
             arrival = frame["arrival"].iat[i].to_pydatetime()
-            out[sid] = LivePrediction(
-                departure=arrival + pd.Timedelta(hours=float(stay[i])).to_pytimedelta(),
+            pred = LivePrediction(
+                departure=arrival + timedelta(hours=float(stay[i])),
                 energy_kwh=float(max(kwh[i], 0.0)) if np.isfinite(kwh[i]) else 0.0,
                 version=version,
             )
+            out[sid] = pred
+            if len(_live_cache) >= _LIVE_CACHE_MAX:
+                _live_cache.clear()
+            _live_cache[(_key(model), q, settings.forecast_history_days, sid)] = pred
     return out
 
 

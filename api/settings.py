@@ -58,6 +58,11 @@ class Settings(BaseSettings):
         description="Quantile of the promoted departure model the scheduler uses for sessions "
         "without a driver-given departure (low = conservative); 0 turns the model off.",
     )
+    forecast_history_days: float = Field(
+        default=365.0,
+        gt=0,
+        description="Per-user history for live predictions: sessions ended in this many days.",
+    )
     forecast_max_iter: int = Field(
         default=150, ge=10, description="Boosting iterations per forecasting model."
     )

@@ -176,6 +176,14 @@ def test_retrain_promote_and_the_scheduler_uses_the_model(
         live = db.scalars(select(ChargingSession).where(ChargingSession.end_date_time.is_(None)))
         pred = live_predictions(db, settings, list(live))
     assert pred["live-19"].version == done["id"]
+    with factory() as db:  # predicted once, then served from the cache
+        live = list(
+            db.scalars(select(ChargingSession).where(ChargingSession.end_date_time.is_(None)))
+        )
+        assert live_predictions(db, settings, live)["live-19"] is pred["live-19"]
+        # without the user's history (ended more than a minute ago) the prediction differs
+        short = Settings(database_url=seeded, background=False, forecast_history_days=1 / 1440)
+        assert live_predictions(db, short, live)["live-19"].departure != pred["live-19"].departure
     dep = datetime.fromisoformat(departures()["live-19"].replace("Z", "+00:00"))
     assert (
         dep == pred["live-19"].departure.replace(microsecond=0)
