@@ -17,6 +17,7 @@ and the promoted model's predictions for the live scenario.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import psutil
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from threadpoolctl import threadpool_limits
@@ -122,14 +124,38 @@ def stored_sessions(
 # -- training jobs ---------------------------------------------------------------------------
 
 
+def this_worker() -> str:
+    """``host:pid:start time`` of this process (a reused pid has another start time)."""
+    proc = psutil.Process()
+    return f"{socket.gethostname()}:{proc.pid}:{int(proc.create_time())}"
+
+
+def _alive(worker: str | None) -> bool:
+    """Whether the process named by ``worker`` still runs; ``True`` for another host's (it
+    cannot be checked from here)."""
+    if not worker:
+        return False
+    host, _, rest = worker.partition(":")
+    pid, _, started = rest.partition(":")
+    if host != socket.gethostname():
+        return True
+    try:
+        return int(psutil.Process(int(pid)).create_time()) == int(started)
+    except (psutil.Error, ValueError):
+        return False
+
+
 def fail_interrupted(factory: sessionmaker[Session]) -> None:
-    """Mark training jobs left queued or running by a stopped process as failed."""
+    """Mark training jobs left queued or running by a process of this host that no longer runs
+    as failed (jobs of live workers, and of other hosts, are left alone)."""
     with transaction(factory) as db:
         for row in db.scalars(
             select(ForecastModelVersion).where(
                 ForecastModelVersion.status.in_(["queued", "running"])
             )
         ):
+            if _alive(row.worker):
+                continue
             row.status = "failed"
             row.error = "interrupted: the service stopped before training finished"
             row.finished_at = now_utc()

@@ -18,7 +18,8 @@ from api.db import Base, UTCDateTime, utcnow
 class ForecastModelVersion(Base):
     """One trained (or training) departure/energy model version.
 
-    ``status``: ``queued`` → ``running`` → ``ready`` | ``failed``. ``model`` holds the skops
+    ``status``: ``queued`` → ``running`` → ``ready`` | ``failed``. ``worker`` names the process
+    training it (``host:pid:start time``). ``model`` holds the skops
     file and ``model_sha256`` its SHA-256: bytes that do not match are refused when loaded.
     """
 
@@ -33,6 +34,7 @@ class ForecastModelVersion(Base):
     message: Mapped[str] = mapped_column(Text, default="")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
     n_sessions: Mapped[int] = mapped_column(Integer, default=0)
     fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -76,6 +76,7 @@ def _queue(
             message="queued",
             n_sessions=len(df),
             meta={},
+            worker=fc.this_worker(),
         )
         db.add(row)
         db.flush()

@@ -5,6 +5,7 @@ promoted model end to end."""
 from __future__ import annotations
 
 import copy
+import socket
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -349,17 +350,25 @@ def test_requests_are_checked(client: TestClient, keys: dict[str, str], seeded: 
 
 def test_jobs_left_by_a_stopped_service_are_marked_failed(db_url: str) -> None:
     from api.db import migrate
-    from api.forecast import fail_interrupted
+    from api.forecast import fail_interrupted, this_worker
 
     migrate(db_url)
     engine = make_engine(db_url)
     factory = make_sessionmaker(engine)
     with transaction(factory) as db:
-        db.add(ForecastModelVersion(source="upload (csv)", status="running", meta={}))
-        db.add(ForecastModelVersion(source="upload (csv)", status="ready", meta={}))
+        for status, worker in [
+            ("running", None),
+            ("ready", None),
+            ("queued", f"{socket.gethostname()}:999999999:1"),  # a process gone on this host
+            ("running", this_worker()),  # a live worker (this process)
+            ("running", "another-host:1:1"),  # cannot be checked from here
+        ]:
+            db.add(
+                ForecastModelVersion(source="upload (csv)", status=status, meta={}, worker=worker)
+            )
     fail_interrupted(factory)
     with factory() as db:
         rows = db.scalars(select(ForecastModelVersion).order_by(ForecastModelVersion.id)).all()
-        assert [r.status for r in rows] == ["failed", "ready"]
+        assert [r.status for r in rows] == ["failed", "ready", "failed", "running", "running"]
         assert rows[0].error is not None and rows[0].error.startswith("interrupted")
     engine.dispose()

@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("message", sa.Text(), nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("finished_at", api.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("worker", sa.String(length=200), nullable=True),
         sa.Column("n_sessions", sa.Integer(), nullable=False),
         sa.Column("fingerprint", sa.String(length=64), nullable=True),
         sa.Column("meta", sa.JSON(), nullable=False),
