@@ -8,11 +8,13 @@ The rules (also in ``docs/api-profiles.md``):
   is drawing power now, so it is present from the current step on: its arrival is
   ``min(start_date_time, grid start)`` (the file format rounds an arrival *up*, which would leave
   a car that plugged in during the current step without a profile until the next step). The
-  departure is the session's ``departure``, else ``arrival + DEFAULT_STAY_H``; a car that is
-  still plugged in after that (an overstay) is assumed to stay :data:`OVERSTAY_S` longer from the
-  grid start. ``energy_kwh`` = ``max(energy_need_kwh − kwh, 0)`` when a need is known, else
-  absent. A session on a connector the topology does not know is left out (logged); of two
-  open sessions on one connector only the newest is kept (the other missed its end).
+  departure is the session's ``departure``, else the promoted forecast model's departure at
+  quantile ``forecast_quantile`` (``api/forecast.py``), else ``arrival + DEFAULT_STAY_H``; a car
+  that is still plugged in after that (an overstay) is assumed to stay :data:`OVERSTAY_S` longer
+  from the grid start. ``energy_kwh`` = ``max(energy_need_kwh − kwh, 0)`` when a need is
+  known, else the same with the forecast model's energy need, else absent. A session on a
+  connector the topology does not know is left out (logged); of two open sessions on one
+  connector only the newest is kept (the other missed its end).
 - **DSO caps.** Per region, a slot's cap applies to every step it overlaps; a step overlapped by
   several slots takes the lowest cap (the hard limit holds in every part of the step). Steps no
   slot covers get a non-binding cap: the sum of the maximum power of every connector below the
@@ -41,6 +43,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from api.forecast import LivePrediction, live_predictions
 from api.models import ChargingSession, DsoProfile
 from api.models_dr import DrCurtailment
 from api.settings import Settings
@@ -88,10 +91,16 @@ def _iso(t: datetime) -> str:
     return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def session_entry(s: ChargingSession, start: datetime, step_s: int) -> dict[str, Any]:
-    """The scenario ``session`` of one plugged-in session on a grid starting at ``start``."""
+def session_entry(
+    s: ChargingSession, start: datetime, step_s: int, predicted: LivePrediction | None = None
+) -> dict[str, Any]:
+    """The scenario ``session`` of one plugged-in session on a grid starting at ``start``;
+    ``predicted`` (the promoted forecast model's) stands in for a departure or energy need the
+    driver did not give."""
     arrival = min(s.start_date_time, start)
     departure = s.departure
+    if (departure is None or departure <= s.start_date_time) and predicted is not None:
+        departure = predicted.departure
     if departure is None or departure <= s.start_date_time:
         departure = s.start_date_time + timedelta(hours=DEFAULT_STAY_H)
     if departure < start + timedelta(seconds=step_s):
@@ -107,6 +116,8 @@ def session_entry(s: ChargingSession, start: datetime, step_s: int) -> dict[str,
     }
     if s.energy_need_kwh is not None:
         entry["energy_kwh"] = max(float(s.energy_need_kwh) - float(s.kwh or 0.0), 0.0)
+    elif predicted is not None:
+        entry["energy_kwh"] = max(predicted.energy_kwh - float(s.kwh or 0.0), 0.0)
     return entry
 
 
@@ -340,8 +351,10 @@ def build_live_scenario(db: Session, settings: Settings, now: datetime) -> dict[
                 s.connector_id,
             )
         newest[s.connector_id] = s
+    predicted = live_predictions(db, settings, list(newest.values()))  # api/forecast.py
     sessions = sorted(
-        (session_entry(s, start, step_s) for s in newest.values()), key=lambda e: e["id"]
+        (session_entry(s, start, step_s, predicted.get(s.id)) for s in newest.values()),
+        key=lambda e: e["id"],
     )
     apply_curtailment_caps(db, sessions, topology, start, step_s, steps)
     return {

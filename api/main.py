@@ -14,9 +14,11 @@ from fastapi.responses import JSONResponse
 
 from api.db import make_engine, make_sessionmaker, migrate
 from api.events import Events
+from api.forecast import fail_interrupted
 from api.routes import (
     demand_response,
     dso,
+    forecast,
     health,
     measurement,
     ocpi_sessions,
@@ -76,6 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.events = Events()
         app.state.jobs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobs")
         schedules.resume_jobs(app.state.sessionmaker, app.state.jobs)
+        app.state.forecast_jobs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forecast")
+        fail_interrupted(app.state.sessionmaker)  # forecast training left by a stopped process
         loops = _start_background(app, cfg) if cfg.background else []
         try:
             yield
@@ -83,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for loop in loops:
                 loop.stop()
             app.state.jobs.shutdown(wait=False, cancel_futures=True)
+            app.state.forecast_jobs.shutdown(wait=False, cancel_futures=True)
             engine.dispose()
 
     app = FastAPI(
@@ -125,7 +130,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    for module in (health, schedules, topology, ocpi_sessions, profiles, dso, runs, measurement):
+    for module in (
+        health,
+        schedules,
+        topology,
+        ocpi_sessions,
+        profiles,
+        dso,
+        runs,
+        measurement,
+        forecast,
+    ):
         app.include_router(module.router)
     app.include_router(demand_response.router)
     return app

@@ -199,5 +199,7 @@ class Setting(Base):
     value: Mapped[Any] = mapped_column(JSON)
 
 
-# Demand-response tables live in their own module; importing it here puts them in the metadata.
-from api import models_dr  # noqa: E402, F401
+# The demand-response and forecasting-registry tables live in their own modules; importing them
+# here puts them in the same metadata wherever these models are used (migrations check, ORM).
+import api.models_dr  # noqa: E402
+import api.models_forecast  # noqa: E402, F401

@@ -63,6 +63,24 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="First retry delay; doubles, capped at 300 s."
     )
     background: bool = Field(default=True, description="Run the scheduler and outbox loops.")
+    forecast_quantile: float = Field(
+        default=0.2,
+        ge=0,
+        lt=1,
+        description="Quantile of the promoted departure model the scheduler uses for sessions "
+        "without a driver-given departure (low = conservative); 0 turns the model off.",
+    )
+    forecast_history_days: float = Field(
+        default=365.0,
+        gt=0,
+        description="Per-user history for live predictions: sessions ended in this many days.",
+    )
+    forecast_max_iter: int = Field(
+        default=150, ge=10, description="Boosting iterations per forecasting model."
+    )
+    forecast_max_upload_mb: float = Field(
+        default=50.0, gt=0, description="Largest training file accepted by the API [MB]."
+    )
 
 
 @lru_cache

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from forecasting.cli import forecast_app
 from optimizer.errors import GridchargeError, ScenarioError
 from optimizer.scenario import load_scenario, scenario_json_schema
 from optimizer.solve import METHODS, solve_network
@@ -32,6 +33,7 @@ scenario_app = typer.Typer(help="Scenario files.", no_args_is_help=True)
 app.add_typer(scenario_app, name="scenario")
 keys_app = typer.Typer(help="API keys of the service.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(forecast_app, name="forecast")  # forecasting/cli.py
 
 console = Console()
 err_console = Console(stderr=True)
