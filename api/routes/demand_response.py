@@ -4,7 +4,7 @@ log, flexibility and driver-impact KPIs (``docs/demand-response.md``)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, status
@@ -99,6 +99,17 @@ def _at(at: str | None, principal: Principal) -> datetime | None:
         raise HTTPException(422, f"at: not an ISO-8601 date-time (got {at!r})") from None
     if when.tzinfo is None:
         raise HTTPException(422, f"at: needs a UTC offset (got {at!r})")
+    return _in_range("at", when)
+
+
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+
+
+def _in_range(field: str, when: datetime) -> datetime:
+    """A time the service can plan around (local days and settlement periods exist)."""
+    if not EARLIEST <= when < LATEST:
+        raise HTTPException(422, f"{field}: must lie in 2000-2100 (got {when.isoformat()})")
     return when
 
 
@@ -315,7 +326,7 @@ def get_flexibility(
         UtcDateTime | None, Query(description="RFC 3339 date-time with offset. Default: now.")
     ] = None,
 ) -> dict[str, Any]:
-    now: datetime = at or utcnow()
+    now: datetime = _in_range("at", at) if at is not None else utcnow()
     return dr.flexibility(db, settings, now)
 
 

@@ -259,7 +259,7 @@ def test_bad_signals_are_refused_and_nothing_is_stored(
 def test_flexibility_time_must_be_a_date_time_with_offset(
     app_client: TestClient, keys: dict[str, str]
 ) -> None:
-    for bad in ("0.0", "2026-11-25T10:00:00"):
+    for bad in ("0.0", "2026-11-25T10:00:00", "0001-01-01T04:00:00Z"):
         r = app_client.get(f"/v1/flexibility?at={bad}", headers=auth(keys["operator"]))
         assert r.status_code == 422, r.text
         assert "at" in r.text
