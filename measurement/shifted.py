@@ -178,6 +178,7 @@ def measure_activation(
     price_eur_per_mwh: float = float("nan"),
     prices: pd.DataFrame | None = None,
     split_stopped: bool = True,
+    sessions: np.ndarray | None = None,
 ) -> ActivationResult:
     """Shifted energy, baseline, theoretical minimum and value of one activation.
 
@@ -199,8 +200,14 @@ def measure_activation(
         Take the sessions that stop charging before the horizon out of the trapezoid and
         count each at its pre-signal power until it stops (``S_x``); ``False`` gives the plain
         aggregate trapezoid over all of ``S``.
+    sessions : numpy.ndarray, optional
+        Indices into ``rec`` of the sessions the activation curtailed (the activation log);
+        ``S`` is then those of them charging at ``t_signal``. Default: every session charging
+        in ``region``.
     """
     idx = active_sessions(rec, t_signal_s, region)
+    if sessions is not None:
+        idx = idx[np.isin(idx, sessions)]
     lo = t_signal_s - PLOT_MARGIN_S
     n_after = int(np.ceil((t_clear_s + PLOT_MARGIN_S - t_signal_s) / MINUTE_S))
     edges = t_signal_s + MINUTE_S * np.arange(-int(PLOT_MARGIN_S // MINUTE_S), n_after + 1)
