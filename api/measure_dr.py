@@ -229,7 +229,7 @@ def _activation_rows(
         i: p
         for i, p in db.execute(
             select(DrSignal.id, DrSignal.imbalance_price_eur_per_mwh).where(
-                DrSignal.id.in_(signals)
+                DrSignal.id.in_(sorted(signals))
             )
         )
     }
