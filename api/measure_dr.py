@@ -29,7 +29,15 @@ from measurement.errors import MeasurementError
 from measurement.flexibility import GRACE_S, erasable_by_hour, fleet_power, non_responding
 from measurement.io import load_states
 from measurement.reconstruct import reconstruct
-from measurement.shifted import SEARCH_S, WINDOW_S, iso, measure_activation
+from measurement.shifted import (
+    PRE_S,
+    SEARCH_S,
+    WINDOW_S,
+    Plan,
+    iso,
+    measure_activation,
+    plan_shifted,
+)
 
 MARGIN = timedelta(hours=1)
 """States read before the signal and after the clear."""
@@ -217,6 +225,27 @@ def profile_in_force(
     return limit
 
 
+def plan_at_signal(
+    session_ids: Sequence[str],
+    sent: dict[str, list[SentProfile]],
+    t_signal_s: float,
+    t_clear_s: float,
+) -> Plan:
+    """The plan each session would have followed: the last profile sent to it before the
+    signal, on a 1-minute grid from 5 minutes before the signal to 10 minutes after the clear.
+    Sessions with no profile sent before the signal are left out (held at their power)."""
+    edges = np.arange(t_signal_s - PRE_S, t_clear_s + WINDOW_S + 60.0, 60.0)
+    mid = (edges[:-1] + edges[1:]) / 2.0
+    ids, rows = [], []
+    for sid in session_ids:
+        before = [p for p in sent.get(sid, []) if p.sent_s < t_signal_s]
+        if before:
+            ids.append(sid)
+            rows.append(before[-1].limit_at(mid))
+    limits = np.array(rows, dtype=float).reshape(len(rows), mid.size)
+    return Plan(np.array(ids, dtype=object), edges, limits)
+
+
 def _activation_rows(
     db: Session, activations: Sequence[DrActivation]
 ) -> tuple[dict[int, list[DrCurtailment]], dict[int, float | None]]:
@@ -375,7 +404,15 @@ def measure_logged(
             None,
             sessions=members[str(a.id)],
         )
+        curtailed_ids = sorted({c.session_id for c in curt[a.id]})
+        plan = plan_at_signal(curtailed_ids, sent, float(t_sig[k]), float(t_clr[k]))
+        by_plan = plan_shifted(
+            rec, float(t_sig[k]), float(t_clr[k]), plan, sessions=members[str(a.id)]
+        )
         record = res.to_dict()
+        record["plan_baseline_kwh"] = round(by_plan.baseline_kwh, 6)
+        record["plan_shifted_kwh"] = round(by_plan.shifted_kwh, 6)
+        record["plan_sessions_without_plan"] = by_plan.without_plan
         record.pop("id", None)
         record.pop("region", None)
         curtailed = {c.session_id for c in curt[a.id]}

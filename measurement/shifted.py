@@ -409,10 +409,17 @@ def plan_shifted(
     width_h = np.diff(edges) / 3600.0
     pre_mid = t_signal_s - PRE_S + MINUTE_S * (np.arange(int(PRE_S // MINUTE_S)) + 0.5)
 
+    # a row of zeros stands in for sessions without a plan (they are held, see below)
+    table = np.vstack(
+        [plan.limits_a.reshape(-1, plan.edges_s.size - 1), np.zeros((1, plan.edges_s.size - 1))]
+    )
+    rows = np.where(rows < 0, table.shape[0] - 1, rows)
+    no_plan = rows == table.shape[0] - 1
+
     def limits(t: np.ndarray) -> np.ndarray:
         j = np.searchsorted(plan.edges_s, t, side="right") - 1
-        ok = (j >= 0) & (j < plan.limits_a.shape[1])
-        lim = plan.limits_a[np.maximum(rows, 0)[:, None], np.clip(j, 0, plan.limits_a.shape[1] - 1)]
+        ok = (j >= 0) & (j < table.shape[1])
+        lim = table[np.maximum(rows, 0)[:, None], np.clip(j, 0, table.shape[1] - 1)]
         lim = np.where(ok[None, :], np.nan_to_num(lim), 0.0)
         return lim * rec.phases[idx, None] * voltage_v / 1000.0
 
@@ -430,7 +437,6 @@ def plan_shifted(
     p_cf = np.minimum(p_l, cap[:, None])
     tol_kw = rec.phases[idx] * voltage_v / 1000.0  # 1 A on each phase
     exceeds = judged & (p_bar > EXCEEDS * p_l_pre + tol_kw)
-    no_plan = rows < 0
     hold = exceeds | no_plan
     p_cf[hold] = p_bar[hold, None]
     # sessions whose energy stops rising before the horizon: those that left (their last state,
@@ -446,9 +452,7 @@ def plan_shifted(
     left = stopped & (tau >= last - FULL_FLAT_S)
     p_cf[left[:, None] & (mid[None, :] >= tau[:, None])] = 0.0
     j_tau = np.clip(np.searchsorted(plan.edges_s, tau + 30.0, side="right") - 1, 0, None)
-    lim_tau = np.nan_to_num(
-        plan.limits_a[np.maximum(rows, 0), np.minimum(j_tau, plan.limits_a.shape[1] - 1)]
-    )
+    lim_tau = np.nan_to_num(table[np.maximum(rows, 0), np.minimum(j_tau, table.shape[1] - 1)])
     full = stopped & ~left & (lim_tau > 0.5) & ~no_plan
     e_at = rec.energy_kwh(np.array([t_signal_s, t_clear_s]), idx)
     e_end = rec.energy_kwh(np.array([horizon[-1]]), idx)[:, 0]
@@ -460,7 +464,7 @@ def plan_shifted(
         seg_lo = np.maximum(plan.edges_s[:-1], t_signal_s)
         dur_h = np.clip(plan.edges_s[1:] - seg_lo, 0, None) / 3600.0
         dur_h[: max(j0, 0)] = 0.0
-        lim_all = np.nan_to_num(plan.limits_a[np.maximum(rows, 0)])
+        lim_all = np.nan_to_num(table[np.maximum(rows, 0)])
         kw_all = lim_all * rec.phases[idx, None] * voltage_v / 1000.0
         need = (np.minimum(kw_all, cap[:, None]) * dur_h[None, :]).sum(axis=1)
         need = np.where(hold, np.inf, need)

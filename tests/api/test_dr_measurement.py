@@ -205,6 +205,9 @@ def test_activation_report_from_the_log(
     assert flow["true_shift_kwh"] == pytest.approx(2 * 5.52 * 590 / 3600, rel=1e-3)
     assert rep["shifted_kwh"] == pytest.approx(flow["true_shift_kwh"], rel=0.05)
     assert rep["baseline_kwh"] == pytest.approx(3 * P_MAX / 6, rel=0.02)
+    # no profile was sent before the signal: the plan baseline holds each session's power
+    assert rep["plan_sessions_without_plan"] == 3
+    assert rep["plan_shifted_kwh"] == pytest.approx(flow["true_shift_kwh"], rel=0.05)
     assert rep["theoretical_min_kwh"] == pytest.approx(3 * P_MIN / 6, rel=1e-3)
     assert rep["performance_ratio"] == pytest.approx(2 / 3, abs=0.04)
     assert rep["price_eur_per_mwh"] == PRICE
