@@ -358,6 +358,8 @@ EXCEEDS = 1.1
 """A session drawing more than this share of its profile before the signal ignores it [-]."""
 FULL_FLAT_S = 240.0
 """A session whose energy did not rise over this time before its last state ended full [s]."""
+PLAN_MET_S = 900.0
+"""A plan that ends this long before the session leaves was made to meet its need [s]."""
 
 
 def plan_shifted(
@@ -394,7 +396,9 @@ def plan_shifted(
     With ``taper_kwh > 0`` the car's end of charge is modelled: its remaining need is
     ``R_i = ∫_{t_s}^{end} min(P_L,i, c_i) dt`` (the plan was made to meet it) and, minute by
     minute, ``p_i^cf`` is scaled by ``clip((R_i − E_i^cf(t)) / taper_kwh, taper_floor, 1)`` and
-    stops at ``R_i``.
+    stops at ``R_i``; ``c_i`` is divided by that factor at ``t_s`` (a car already tapering drew
+    less than its maximum). ``R_i`` is used only when the plan ends at least 15 minutes before
+    the session leaves (a plan that runs to the departure may not meet the need).
     """
     idx = active_sessions(rec, t_signal_s, region)
     if sessions is not None:
@@ -467,7 +471,18 @@ def plan_shifted(
         lim_all = np.nan_to_num(table[np.maximum(rows, 0)])
         kw_all = lim_all * rec.phases[idx, None] * voltage_v / 1000.0
         need = (np.minimum(kw_all, cap[:, None]) * dur_h[None, :]).sum(axis=1)
-        need = np.where(hold, np.inf, need)
+        # the plan meets the need only when it ends well before the session leaves
+        pos_lim = lim_all > 0.5
+        last_j = np.where(
+            pos_lim.any(axis=1), pos_lim.shape[1] - 1 - np.argmax(pos_lim[:, ::-1], axis=1), -1
+        )
+        plan_end = plan.edges_s[np.clip(last_j + 1, 0, plan.edges_s.size - 1)]
+        met = (last_j >= 0) & (plan_end <= rec.last_s[idx] - PLAN_MET_S)
+        need = np.where(hold | ~met, np.inf, need)
+        # a car already tapering at the signal drew less than its own maximum: undo that
+        shape0 = np.where(np.isfinite(need), np.clip(need / taper_kwh, taper_floor, 1.0), 1.0)
+        p_cf = np.where(hold[:, None], p_cf, np.minimum(p_l, (cap / shape0)[:, None]))
+        p_cf[left[:, None] & (mid[None, :] >= tau[:, None])] = 0.0
         e_cf = np.zeros(idx.size)
         for m in range(mid.size):
             rem = need - e_cf
