@@ -9,7 +9,7 @@ so it never blocks the event loop.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import numpy as np
@@ -170,6 +170,19 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _instant(value: str | None, field: str) -> datetime | None:
+    """An ISO-8601 instant with a UTC offset, or 422 naming ``field``."""
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise HTTPException(422, f"{field}: not an ISO-8601 date-time (got {value!r})") from None
+    if when.tzinfo is None:
+        raise HTTPException(422, f"{field}: needs a UTC offset (got {value!r})")
+    return when
+
+
 def _measured(work: Any) -> dict[str, Any]:
     try:
         out: dict[str, Any] = work()
@@ -215,11 +228,16 @@ def erasable_by_hour_curve(
     db: DbDep,
     settings: SettingsDep,
     principal: Reader,
-    start: Annotated[AwareDatetime | None, Query(description="Default: end − 7 days.")] = None,
-    end: Annotated[AwareDatetime | None, Query(description="Default: now.")] = None,
+    start: Annotated[
+        str | None,
+        Query(description="Default: end − 7 days.", json_schema_extra={"format": "date-time"}),
+    ] = None,
+    end: Annotated[
+        str | None, Query(description="Default: now.", json_schema_extra={"format": "date-time"})
+    ] = None,
 ) -> dict[str, Any]:
     """``P_erasable = Σ_i max(p_i − p_min,i, 0)`` per minute over the stored history, grouped
     by local hour of day: mean, 10 %, 50 % and 90 % [kW]. At most 31 days."""
-    hi = end or utcnow()
-    lo = start or hi - timedelta(days=7)
+    hi = _instant(end, "end") or utcnow()
+    lo = _instant(start, "start") or hi - timedelta(days=7)
     return _measured(lambda: erasable_report(db, settings, lo, hi))

@@ -270,6 +270,9 @@ def test_day_report_and_erasable_curve(
     assert bad.status_code == 422 and bad.json()["detail"].startswith("end:")
     long = app.get(url, params={"start": z(hi - timedelta(days=40)), "end": z(hi)}, headers=brp)
     assert long.status_code == 422 and long.json()["detail"].startswith("start:")
+    for bad_start in ("0.0", "2026-11-25T10:00:00"):
+        r = app.get(url, params={"start": bad_start}, headers=brp)
+        assert r.status_code == 422 and r.json()["detail"].startswith("start:"), r.text
 
 
 def test_unknown_and_running_activations(app: TestClient, keys: dict[str, str]) -> None:
