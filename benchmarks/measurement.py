@@ -33,7 +33,7 @@ from benchmarks.run import append_results, machine
 from measurement.flexibility import non_responding
 from measurement.io import load_activations, load_meters, load_prices, load_states
 from measurement.reconstruct import compare_meters, isp_edges_s, reconstruct, station_isp_energy
-from measurement.shifted import measure_activations
+from measurement.shifted import Plan, measure_activations, plan_shifted
 from optimizer.network import compile_network
 from optimizer.scenario import parse_scenario
 from optimizer.solve import solve_network
@@ -49,7 +49,9 @@ def one_day(stations: int, seed: int) -> dict[str, Any]:
     """Simulate, measure and compare one day; returns the raw error arrays."""
     t0 = time.perf_counter()
     sc = generate_scenario(stations=stations, seed=seed)
-    schedule = solve_network(compile_network(parse_scenario(sc)), "greedy")
+    parsed = parse_scenario(sc)
+    net = compile_network(parsed)
+    schedule = solve_network(net, "greedy")
     acts = plan_activations(sc, seed)
     day = simulate_day(sc, schedule, acts, seed)
     t_sim = time.perf_counter() - t0
@@ -62,6 +64,27 @@ def one_day(stations: int, seed: int) -> dict[str, Any]:
     rec = reconstruct(states, np.r_[activations["t_signal_s"], activations["t_clear_s"]])
     results = measure_activations(rec, activations, prices)
     plain = {r.id: r.shifted_kwh for r in measure_activations(rec, activations, prices, False)}
+    # the plan in force at every signal: the published schedule (no re-optimisation in between)
+    grid0 = parsed.grid.start_utc.timestamp()
+    plan = Plan(
+        session_ids=np.array(net.session_ids, dtype=object),
+        edges_s=grid0 + net.grid.step_s * np.arange(net.steps + 1),
+        limits_a=np.array(
+            [schedule["sessions"][sid]["current_a"] for sid in net.session_ids], dtype=float
+        ),
+    )
+    by_plan = {
+        str(a.id): plan_shifted(
+            rec, float(a.t_signal_s), float(a.t_clear_s), plan, str(a.region)
+        ).shifted_kwh
+        for a in activations.itertuples(index=False)
+    }
+    by_taper = {
+        str(a.id): plan_shifted(
+            rec, float(a.t_signal_s), float(a.t_clear_s), plan, str(a.region), taper_kwh=1.5
+        ).shifted_kwh
+        for a in activations.itertuples(index=False)
+    }
     evidence, flagged = non_responding(states, rec, activations)
     edges = isp_edges_s(day.start_s, day.start_s + day.minutes * 60 - 1)
     inner = (meters["start_s"] >= day.start_s + 3600) & (
@@ -107,6 +130,8 @@ def one_day(stations: int, seed: int) -> dict[str, Any]:
                 "est_kwh": r.shifted_kwh,
                 "plain_kwh": plain[r.id],
                 "hold_kwh": r.hold_shifted_kwh,
+                "plan_kwh": by_plan[r.id],
+                "taper_kwh": by_taper[r.id],
                 "sessions": r.sessions,
                 "ratio": r.performance_ratio,
             }
@@ -176,6 +201,8 @@ def summarise(days: list[dict[str, Any]]) -> dict[str, Any]:
     sh["err_pct"] = 100 * (sh["est_kwh"] - sh["true_kwh"]) / sh["true_kwh"].abs()
     sh["plain_err_pct"] = 100 * (sh["plain_kwh"] - sh["true_kwh"]) / sh["true_kwh"].abs()
     sh["hold_err_pct"] = 100 * (sh["hold_kwh"] - sh["true_kwh"]) / sh["true_kwh"].abs()
+    sh["plan_err_pct"] = 100 * (sh["plan_kwh"] - sh["true_kwh"]) / sh["true_kwh"].abs()
+    sh["taper_err_pct"] = 100 * (sh["taper_kwh"] - sh["true_kwh"]) / sh["true_kwh"].abs()
     big = sh[sh["true_kwh"] >= 5.0]
     deep = sh[sh["true_kwh"] >= 0.1 * sh["true_cf_kwh"]]
     q = [0.1, 0.25, 0.5, 0.75, 0.9]
@@ -215,6 +242,20 @@ def summarise(days: list[dict[str, Any]]) -> dict[str, Any]:
             "hold_median_abs_err_pct": float(sh["hold_err_pct"].abs().median()),
             "hold_median_err_pct": float(sh["hold_err_pct"].median()),
             "hold_within_5_pct": float((sh["hold_err_pct"].abs() <= 5).mean()),
+            "plan_median_abs_err_pct": float(sh["plan_err_pct"].abs().median()),
+            "plan_median_err_pct": float(sh["plan_err_pct"].median()),
+            "plan_within_5_pct": float((sh["plan_err_pct"].abs() <= 5).mean()),
+            "plan_quantiles_err_pct": {
+                str(k): float(v) for k, v in sh["plan_err_pct"].quantile(q).items()
+            },
+            "plan_abs_quantiles_err_pct": {
+                str(k): float(v) for k, v in sh["plan_err_pct"].abs().quantile(q).items()
+            },
+            "total_plan_kwh": float(sh["plan_kwh"].sum()),
+            "plan_median_abs_err_pct_ge_10pct": float(deep["plan_err_pct"].abs().median()),
+            "taper_median_abs_err_pct": float(sh["taper_err_pct"].abs().median()),
+            "taper_median_err_pct": float(sh["taper_err_pct"].median()),
+            "taper_within_5_pct": float((sh["taper_err_pct"].abs() <= 5).mean()),
             "total_true_kwh": float(sh["true_kwh"].sum()),
             "total_est_kwh": float(sh["est_kwh"].sum()),
         },
@@ -229,6 +270,7 @@ def summarise(days: list[dict[str, Any]]) -> dict[str, Any]:
             / max(1, sum(d["found_injected"] + d["false_positives"] for d in days)),
         },
         "errors_pct": sh["err_pct"].round(3).tolist(),
+        "plan_errors_pct": sh["plan_err_pct"].round(3).tolist(),
     }
 
 
@@ -243,10 +285,13 @@ def to_markdown(
     r, sc, m = s["isp_region"], s["isp_subcluster"], s["meters"]
     sh, nr = s["shifted"], s["non_responding"]
     qs = ", ".join(f"{float(k):.0%}: {v:+.1f} %" for k, v in sh["quantiles_err_pct"].items())
+    pq = ", ".join(f"{float(k):.0%}: {v:+.1f} %" for k, v in sh["plan_quantiles_err_pct"].items())
     bins = [-50, -20, -10, -5, -2, 0, 2, 5, 10, 20, 50]
     hist, edges = np.histogram(np.clip(s["errors_pct"], -50, 50), bins=bins)
+    plan_hist, _ = np.histogram(np.clip(s["plan_errors_pct"], -50, 50), bins=bins)
     hist_rows = "\n".join(
-        f"| {edges[k]:+.0f} … {edges[k + 1]:+.0f} % | {hist[k]} |" for k in range(hist.size)
+        f"| {edges[k]:+.0f} … {edges[k + 1]:+.0f} % | {hist[k]} | {plan_hist[k]} |"
+        for k in range(hist.size)
     )
     rows = [
         (
@@ -286,6 +331,20 @@ def to_markdown(
             f"{sh['hold_median_err_pct']:+.1f} %; {sh['hold_within_5_pct']:.0%} within 5 %)",
         ),
         (
+            "shifted energy, per-session plan baseline (`plan_shifted`)",
+            f"median absolute error {sh['plan_median_abs_err_pct']:.1f} % over "
+            f"{sh['activations']} activations (median {sh['plan_median_err_pct']:+.1f} %; "
+            f"{sh['plan_within_5_pct']:.0%} within 5 %); "
+            f"{sh['plan_median_abs_err_pct_ge_10pct']:.1f} % over the "
+            f"{sh['activations_ge_10pct']} that shifted ≥ 10 %; total "
+            f"{sh['total_plan_kwh']:.0f} kWh vs {sh['total_true_kwh']:.0f} kWh true",
+        ),
+        (
+            "plan baseline with the end-of-charge taper (`taper_kwh=1.5`)",
+            f"median absolute error {sh['taper_median_abs_err_pct']:.1f} % (median "
+            f"{sh['taper_median_err_pct']:+.1f} %; {sh['taper_within_5_pct']:.0%} within 5 %)",
+        ),
+        (
             "non-responding found ≥ 95 %, < 5 % false positives",
             f"{nr['found_visible']} of {nr['visible']} visibly misbehaving stations found "
             f"({(nr['recall_visible'] or 0):.0%}; {nr['injected']} injected); "
@@ -305,10 +364,11 @@ Machine: {where}.
 |---|---|
 {table}
 
-Shifted-energy error quantiles (measured − true, relative to true): {qs}.
+Shifted-energy error quantiles (measured − true, relative to true): trapezoid {qs}; per-session
+plan baseline {pq}.
 
-| error | activations |
-|---|---:|
+| error | activations (trapezoid) | activations (plan baseline) |
+|---|---:|---:|
 {hist_rows}
 """
 

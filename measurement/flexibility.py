@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ def non_responding(
     tolerance_a: float = TOLERANCE_A,
     grace_s: float = GRACE_S,
     voltage_v: float = 230.0,
+    sessions: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Sessions that did not follow a curtailment or drew more than their profile.
 
@@ -50,6 +52,10 @@ def non_responding(
         [A].
     grace_s : float
         [s].
+    sessions : mapping, optional
+        Per activation id, the indices into ``rec`` of the sessions it curtailed (the
+        activation log); only those are checked for that activation. Default: every session
+        charging in its region at the signal.
 
     Returns
     -------
@@ -66,6 +72,8 @@ def non_responding(
     for a in activations.itertuples(index=False):
         t0, t1 = float(a.t_signal_s), float(a.t_clear_s)
         idx = active_sessions(rec, t0, str(a.region))
+        if sessions is not None:
+            idx = idx[np.isin(idx, sessions.get(str(a.id), np.zeros(0, dtype=int)))]
         if idx.size == 0:
             continue
         pre = rec.power_kw(np.array([t0 - PRE_S, t0]), idx)[:, 0]

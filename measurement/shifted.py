@@ -178,6 +178,7 @@ def measure_activation(
     price_eur_per_mwh: float = float("nan"),
     prices: pd.DataFrame | None = None,
     split_stopped: bool = True,
+    sessions: np.ndarray | None = None,
 ) -> ActivationResult:
     """Shifted energy, baseline, theoretical minimum and value of one activation.
 
@@ -199,8 +200,14 @@ def measure_activation(
         Take the sessions that stop charging before the horizon out of the trapezoid and
         count each at its pre-signal power until it stops (``S_x``); ``False`` gives the plain
         aggregate trapezoid over all of ``S``.
+    sessions : numpy.ndarray, optional
+        Indices into ``rec`` of the sessions the activation curtailed (the activation log);
+        ``S`` is then those of them charging at ``t_signal``. Default: every session charging
+        in ``region``.
     """
     idx = active_sessions(rec, t_signal_s, region)
+    if sessions is not None:
+        idx = idx[np.isin(idx, sessions)]
     lo = t_signal_s - PLOT_MARGIN_S
     n_after = int(np.ceil((t_clear_s + PLOT_MARGIN_S - t_signal_s) / MINUTE_S))
     edges = t_signal_s + MINUTE_S * np.arange(-int(PLOT_MARGIN_S // MINUTE_S), n_after + 1)
@@ -320,3 +327,176 @@ def measure_activations(
         )
         for a in activations.itertuples(index=False)
     ]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The charging plan in force at a signal: per session, the profile limits [A] on a common
+    grid of intervals ``[edges_s[j], edges_s[j+1])`` [s since epoch] (the published profiles
+    the service knows; NaN or 0 where a session has no limit to charge at)."""
+
+    session_ids: np.ndarray
+    edges_s: np.ndarray
+    limits_a: np.ndarray
+
+
+@dataclass(frozen=True)
+class PlanEstimate:
+    """Shifted energy of one activation against the per-session plan baseline [kWh]."""
+
+    baseline_kwh: float
+    delivered_kwh: float
+    shifted_kwh: float
+    sessions: int
+    without_plan: int
+
+
+CAR_LIMITED = 0.98
+"""A session drawing less than this share of its profile before the signal is limited by the
+car, not the profile [-]."""
+EXCEEDS = 1.1
+"""A session drawing more than this share of its profile before the signal ignores it [-]."""
+FULL_FLAT_S = 240.0
+"""A session whose energy did not rise over this time before its last state ended full [s]."""
+PLAN_MET_S = 900.0
+"""A plan that ends this long before the session leaves was made to meet its need [s]."""
+
+
+def plan_shifted(
+    rec: Reconstruction,
+    t_signal_s: float,
+    t_clear_s: float,
+    plan: Plan,
+    region: str = "",
+    sessions: np.ndarray | None = None,
+    voltage_v: float = 230.0,
+    taper_kwh: float = 0.0,
+    taper_floor: float = 0.3,
+) -> PlanEstimate:
+    """Shifted energy with a per-session baseline from the plan in force at the signal.
+
+    For each session ``i`` of ``S`` (as in :func:`measure_activation`), with ``P_L,i(t) = L_i(t)
+    · phases_i · V / 1000`` its plan [kW], ``p̄_i`` its mean power over the 5 minutes before
+    ``t_s`` (from its plug-in if later; a session plugged in less than a minute before the
+    signal follows its plan) and ``P̄_L,i`` the plan's mean over the same minutes:
+
+    - ``c_i = p̄_i`` when ``p̄_i < 0.98 · P̄_L,i`` (the car, not the profile, limits it), else
+      ``∞``; ``p_i^cf(t) = min(P_L,i(t), c_i)``; a session drawing more than ``1.1 · P̄_L,i`` + 1 A
+      on its phases ignores its profile: ``p_i^cf(t) = p̄_i``;
+    - ``τ_i``: the session's energy stops rising before ``t_c + 10 min`` as in the trapezoid.
+      If ``τ_i`` is its last state (sent at departure), it left: ``p_i^cf = 0`` after
+      ``τ_i``. If it stopped earlier while its plan still gave it current, it was full:
+      ``E_i^cf ≤ E_i(t_c + 10 min) − E_i(t_s)``, it could not have taken more than it took.
+      If its plan paused it, the plan says so already;
+    - ``E_i^cf = ∫_{t_s}^{t_c} p_i^cf dt`` (capped for the full ones);
+    - ``E_base = Σ_i E_i^cf``, ``E_del = Σ_i E_i(t_c) − E_i(t_s)``, shifted = base − delivered.
+
+    Sessions without a plan are held at ``p̄_i`` (counted in ``without_plan``).
+
+    With ``taper_kwh > 0`` the car's end of charge is modelled: its remaining need is
+    ``R_i = ∫_{t_s}^{end} min(P_L,i, c_i) dt`` (the plan was made to meet it) and, minute by
+    minute, ``p_i^cf`` is scaled by ``clip((R_i − E_i^cf(t)) / taper_kwh, taper_floor, 1)`` and
+    stops at ``R_i``; ``c_i`` is divided by that factor at ``t_s`` (a car already tapering drew
+    less than its maximum). ``R_i`` is used only when the plan ends at least 15 minutes before
+    the session leaves (a plan that runs to the departure may not meet the need).
+    """
+    idx = active_sessions(rec, t_signal_s, region)
+    if sessions is not None:
+        idx = idx[np.isin(idx, sessions)]
+    if idx.size == 0:
+        return PlanEstimate(0.0, 0.0, 0.0, 0, 0)
+    row_of = {str(s): k for k, s in enumerate(plan.session_ids)}
+    rows = np.array([row_of.get(str(s), -1) for s in rec.session_ids[idx]], dtype=int)
+    n_min = int(np.ceil((t_clear_s - t_signal_s) / MINUTE_S - 1e-9))
+    edges = np.minimum(t_signal_s + MINUTE_S * np.arange(n_min + 1), t_clear_s)
+    mid = (edges[:-1] + edges[1:]) / 2.0
+    width_h = np.diff(edges) / 3600.0
+    pre_mid = t_signal_s - PRE_S + MINUTE_S * (np.arange(int(PRE_S // MINUTE_S)) + 0.5)
+
+    # a row of zeros stands in for sessions without a plan (they are held, see below)
+    table = np.vstack(
+        [plan.limits_a.reshape(-1, plan.edges_s.size - 1), np.zeros((1, plan.edges_s.size - 1))]
+    )
+    rows = np.where(rows < 0, table.shape[0] - 1, rows)
+    no_plan = rows == table.shape[0] - 1
+
+    def limits(t: np.ndarray) -> np.ndarray:
+        j = np.searchsorted(plan.edges_s, t, side="right") - 1
+        ok = (j >= 0) & (j < table.shape[1])
+        lim = table[np.maximum(rows, 0)[:, None], np.clip(j, 0, table.shape[1] - 1)]
+        lim = np.where(ok[None, :], np.nan_to_num(lim), 0.0)
+        return lim * rec.phases[idx, None] * voltage_v / 1000.0
+
+    p_l = limits(mid)
+    # the pre-signal window of each session starts at its plug-in at the earliest
+    a_s = np.maximum(t_signal_s - PRE_S, rec.first_s[idx])
+    seen_s = t_signal_s - a_s
+    in_pre = pre_mid[None, :] >= a_s[:, None]
+    p_l_pre = (limits(pre_mid) * in_pre).sum(axis=1) / np.maximum(in_pre.sum(axis=1), 1)
+    e_pre = np.diagonal(rec.energy_kwh(a_s, idx)).copy()
+    e_sig = rec.energy_kwh(np.array([t_signal_s]), idx)[:, 0]
+    p_bar = np.where(seen_s > 0, (e_sig - e_pre) * 3600.0 / np.maximum(seen_s, 1e-9), 0.0)
+    judged = seen_s >= MINUTE_S  # too short a history: follow the plan
+    cap = np.where(judged & (p_bar < CAR_LIMITED * p_l_pre), p_bar, np.inf)
+    p_cf = np.minimum(p_l, cap[:, None])
+    tol_kw = rec.phases[idx] * voltage_v / 1000.0  # 1 A on each phase
+    exceeds = judged & (p_bar > EXCEEDS * p_l_pre + tol_kw)
+    hold = exceeds | no_plan
+    p_cf[hold] = p_bar[hold, None]
+    # sessions whose energy stops rising before the horizon: those that left (their last state,
+    # sent at departure) charge nothing after it; those that stopped while the plan still gave
+    # them current were full and could not have taken more than they took in the end; those
+    # the plan paused follow the plan
+    horizon = t_signal_s + MINUTE_S * np.arange(int((t_clear_s + WINDOW_S - t_signal_s) // 60) + 1)
+    e_h = rec.energy_kwh(horizon, idx)
+    done = e_h >= e_h[:, -1:] - 1e-6
+    tau = horizon[np.argmax(done, axis=1)]
+    stopped = tau < horizon[-1] - MINUTE_S
+    last = rec.last_s[idx]
+    left = stopped & (tau >= last - FULL_FLAT_S)
+    p_cf[left[:, None] & (mid[None, :] >= tau[:, None])] = 0.0
+    j_tau = np.clip(np.searchsorted(plan.edges_s, tau + 30.0, side="right") - 1, 0, None)
+    lim_tau = np.nan_to_num(table[np.maximum(rows, 0), np.minimum(j_tau, table.shape[1] - 1)])
+    full = stopped & ~left & (lim_tau > 0.5) & ~no_plan
+    e_at = rec.energy_kwh(np.array([t_signal_s, t_clear_s]), idx)
+    e_end = rec.energy_kwh(np.array([horizon[-1]]), idx)[:, 0]
+    room = np.where(full, e_end - e_at[:, 0], np.inf)
+    if taper_kwh > 0:
+        # remaining need: the energy the plan gives from t_s on (the plan was made to meet it);
+        # the car tapers over its last taper_kwh down to taper_floor (constant-voltage phase)
+        j0 = int(np.searchsorted(plan.edges_s, t_signal_s, side="right") - 1)
+        seg_lo = np.maximum(plan.edges_s[:-1], t_signal_s)
+        dur_h = np.clip(plan.edges_s[1:] - seg_lo, 0, None) / 3600.0
+        dur_h[: max(j0, 0)] = 0.0
+        lim_all = np.nan_to_num(table[np.maximum(rows, 0)])
+        kw_all = lim_all * rec.phases[idx, None] * voltage_v / 1000.0
+        need = (np.minimum(kw_all, cap[:, None]) * dur_h[None, :]).sum(axis=1)
+        # the plan meets the need only when it ends well before the session leaves
+        pos_lim = lim_all > 0.5
+        last_j = np.where(
+            pos_lim.any(axis=1), pos_lim.shape[1] - 1 - np.argmax(pos_lim[:, ::-1], axis=1), -1
+        )
+        plan_end = plan.edges_s[np.clip(last_j + 1, 0, plan.edges_s.size - 1)]
+        met = (last_j >= 0) & (plan_end <= rec.last_s[idx] - PLAN_MET_S)
+        need = np.where(hold | ~met, np.inf, need)
+        # a car already tapering at the signal drew less than its own maximum: undo that
+        shape0 = np.where(np.isfinite(need), np.clip(need / taper_kwh, taper_floor, 1.0), 1.0)
+        p_cf = np.where(hold[:, None], p_cf, np.minimum(p_l, (cap / shape0)[:, None]))
+        p_cf[left[:, None] & (mid[None, :] >= tau[:, None])] = 0.0
+        e_cf = np.zeros(idx.size)
+        for m in range(mid.size):
+            rem = need - e_cf
+            shape = np.where(np.isfinite(rem), np.clip(rem / taper_kwh, taper_floor, 1.0), 1.0)
+            e_cf += np.minimum(p_cf[:, m] * shape * width_h[m], np.maximum(rem, 0.0))
+        e_cf = np.minimum(e_cf, room)
+    else:
+        e_cf = np.minimum((p_cf * width_h[None, :]).sum(axis=1), room)
+    baseline = float(e_cf.sum())
+    delivered = float((e_at[:, 1] - e_at[:, 0]).sum())
+    return PlanEstimate(
+        baseline_kwh=baseline,
+        delivered_kwh=delivered,
+        shifted_kwh=baseline - delivered,
+        sessions=int(idx.size),
+        without_plan=int(no_plan.sum()),
+    )

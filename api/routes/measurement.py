@@ -1,8 +1,9 @@
 """Measurement reports from the stored meter states: shifted energy per activation, its value,
 the performance ratio and the non-responding chargers (``docs/MEASUREMENT.md``).
 
-The activations come in the request body (the activation log); the route reads the states of
-the sessions that were plugged in around them. Computation runs in a plain ``def`` endpoint,
+``POST /v1/measurement/activation-report`` takes the activations in the body; the
+``/v1/demand-response/...`` routes measure the activations of the stored activation log
+(:mod:`api.measure_dr`). Computation runs in a plain ``def`` endpoint,
 so it never blocks the event loop.
 """
 
@@ -12,13 +13,20 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import numpy as np
-import pandas as pd
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
 
-from api.deps import DbDep, require
-from api.models import ChargingSession, Connector, SessionState, Station, TopologyNode
+from api.db import utcnow
+from api.deps import DbDep, SettingsDep, require
+from api.measure_dr import (
+    MeasureError,
+    day_report,
+    erasable_report,
+    states_frame,
+)
+from api.measure_dr import (
+    activation_report as logged_report,
+)
 from api.security import Principal
 from api.sessions import UtcDateTime
 from measurement.errors import MeasurementError
@@ -27,7 +35,7 @@ from measurement.io import load_activations, load_prices, load_states
 from measurement.reconstruct import reconstruct
 from measurement.shifted import measure_activations
 
-router = APIRouter(prefix="/v1/measurement", tags=["measurement"])
+router = APIRouter(tags=["measurement"])
 
 MARGIN = timedelta(hours=1)
 """States read before the first signal and after the last clear."""
@@ -80,65 +88,10 @@ class ReportRequest(_Model):
     )
 
 
-def _regions(db: Any) -> dict[str, str]:
-    parent = dict(db.execute(select(TopologyNode.id, TopologyNode.parent)).all())
-
-    def root(node: str) -> str:
-        seen = set()
-        while parent.get(node) is not None and node not in seen:
-            seen.add(node)
-            node = parent[node]
-        return node
-
-    return {n: root(n) for n in parent}
-
-
-def states_frame(db: Any, lo: datetime, hi: datetime) -> pd.DataFrame:
-    """The stored states between ``lo`` and ``hi`` with their session's topology, in the
-    columns of :func:`measurement.io.load_states`."""
-    stmt = (
-        select(
-            SessionState.session_id,
-            SessionState.timestamp,
-            SessionState.kwh,
-            SessionState.current_a,
-            SessionState.phases,
-            ChargingSession.phases,
-            ChargingSession.opt_out,
-            Connector.station_id,
-            Station.node,
-            Station.min_current_a,
-        )
-        .join(ChargingSession, ChargingSession.id == SessionState.session_id)
-        .join(Connector, Connector.id == ChargingSession.connector_id, isouter=True)
-        .join(Station, Station.id == Connector.station_id, isouter=True)
-        .where(SessionState.timestamp >= lo, SessionState.timestamp <= hi)
-    )
-    rows = db.execute(stmt).all()
-    region = _regions(db)
-    records = []
-    for sid, ts, kwh, cur, ph, sph, opt, station, node, min_a in rows:
-        i = list(cur) if cur else [0.0, 0.0, 0.0]
-        records.append(
-            {
-                "session_id": sid,
-                "timestamp": ts.isoformat(),
-                "kwh": kwh,
-                "current_l1_a": i[0],
-                "current_l2_a": i[1],
-                "current_l3_a": i[2],
-                "phases": ph or sph or 3,
-                "station": station or "",
-                "subcluster": node or "",
-                "region": region.get(node, node or "") if node else "",
-                "min_current_a": min_a if min_a is not None else 8.0,
-                "opt_out": "true" if opt else "false",
-            }
-        )
-    return pd.DataFrame.from_records(records)
-
-
-@router.post("/activation-report", summary="Shifted energy and non-responders per activation")
+@router.post(
+    "/v1/measurement/activation-report",
+    summary="Shifted energy and non-responders per activation",
+)
 def activation_report(
     body: ReportRequest,
     db: DbDep,
@@ -204,3 +157,88 @@ def activation_report(
         "non_responding": evidence.to_dict(orient="records"),
         "stations": stations.to_dict(orient="records"),
     }
+
+
+Reader = Annotated[Principal, Depends(require("operator", "brp"))]
+ActivationId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Activation id.")]
+Tolerance = Annotated[
+    float, Query(gt=0, le=16, description="Current above the expected maximum [A] tolerated.")
+]
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "Unknown activation"},
+    409: {"description": "The activation is still running"},
+    422: {"description": "Invalid input; the message names the field"},
+}
+
+
+def _instant(value: str | None, field: str) -> datetime | None:
+    """An ISO-8601 instant with a UTC offset, or 422 naming ``field``."""
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise HTTPException(422, f"{field}: not an ISO-8601 date-time (got {value!r})") from None
+    if when.tzinfo is None:
+        raise HTTPException(422, f"{field}: needs a UTC offset (got {value!r})")
+    return when
+
+
+def _measured(work: Any) -> dict[str, Any]:
+    try:
+        out: dict[str, Any] = work()
+    except MeasureError as exc:
+        raise HTTPException(exc.status, str(exc)) from None
+    return out
+
+
+@router.get(
+    "/v1/demand-response/activations/{activation_id}/measurement",
+    summary="Shifted energy, value, performance and non-responders of a logged activation",
+    responses=_ERRORS,
+)
+def logged_activation_report(
+    activation_id: ActivationId, db: DbDep, principal: Reader, tolerance_a: Tolerance = 1.0
+) -> dict[str, Any]:
+    """Measured from the stored meter states of the sessions the activation curtailed:
+    ``t_signal`` = activation start, ``t_clear`` = its restore time, value at the imbalance
+    price sent with the signal. ``status`` is ``recovering`` (the report may still change) for
+    20 minutes after the restore, then ``complete``; a running activation answers 409."""
+    return _measured(lambda: logged_report(db, activation_id, utcnow(), tolerance_a))
+
+
+@router.get(
+    "/v1/demand-response/measurement/days/{date}",
+    summary="Measurement of every activation of a local day, with totals",
+    responses=_ERRORS,
+)
+def day_measurement(
+    date: str, db: DbDep, settings: SettingsDep, principal: Reader, tolerance_a: Tolerance = 1.0
+) -> dict[str, Any]:
+    """Every activation that started on the local day ``YYYY-MM-DD`` (service time zone),
+    its report, the day's totals and the non-responding stations."""
+    return _measured(lambda: day_report(db, settings, date, utcnow(), tolerance_a))
+
+
+@router.get(
+    "/v1/demand-response/measurement/erasable-by-hour",
+    summary="Erasable power by hour of day from the stored meter states",
+    responses=_ERRORS,
+)
+def erasable_by_hour_curve(
+    db: DbDep,
+    settings: SettingsDep,
+    principal: Reader,
+    start: Annotated[
+        str | None,
+        Query(description="Default: end − 7 days.", json_schema_extra={"format": "date-time"}),
+    ] = None,
+    end: Annotated[
+        str | None, Query(description="Default: now.", json_schema_extra={"format": "date-time"})
+    ] = None,
+) -> dict[str, Any]:
+    """``P_erasable = Σ_i max(p_i − p_min,i, 0)`` per minute over the stored history, grouped
+    by local hour of day: mean, 10 %, 50 % and 90 % [kW]. At most 31 days."""
+    hi = _instant(end, "end") or utcnow()
+    lo = _instant(start, "start") or hi - timedelta(days=7)
+    return _measured(lambda: erasable_report(db, settings, lo, hi))
