@@ -55,5 +55,6 @@ class Settings(BaseSettings):
 
 @lru_cache
 def get_settings() -> Settings:
-    """The process-wide settings (overridden in tests with ``app.dependency_overrides``)."""
+    """The process-wide settings from the environment (routes use the app's own settings:
+    :func:`api.deps.app_settings`)."""
     return Settings()
