@@ -7,7 +7,8 @@ PATCH that ends it also, in the same transaction (:func:`clear_ended_profile`):
    its ``cleared_at``, so ``GET /v1/profiles?changed_since=…`` reports it once more, now as
    ``cleared`` (with the OCPP ``ClearChargingProfile`` forms), and a poller learns that the
    profile is no longer in force;
-2. supersedes the session's outbox items that were not pushed yet (``pending``): a
+2. supersedes the session's outbox items that were not pushed yet (``pending``, or ``failed``
+   and waiting for another round): a
    ``SetChargingProfile`` for a session that has ended would only be answered
    ``UNKNOWN_SESSION``.
 
@@ -41,7 +42,7 @@ _CLEAR = (
 )
 _SUPERSEDE = (
     update(_O)
-    .where(_O.c.session_id == bindparam("b_id"), _O.c.status == "pending")
+    .where(_O.c.session_id == bindparam("b_id"), _O.c.status.in_(("pending", "failed")))
     .values(status="superseded", updated_at=bindparam("b_now"), last_error="the session ended")
 )
 

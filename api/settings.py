@@ -46,7 +46,24 @@ class Settings(BaseSettings):
     public_url: str = Field(
         default="http://127.0.0.1:8000", description="Base URL of this service (for response_url)."
     )
-    outbox_max_attempts: int = Field(default=20, ge=1)
+    outbox_max_attempts: int = Field(
+        default=20, ge=1, description="Attempts in one round of pushes before an item is failed."
+    )
+    outbox_failed_retry_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A failed item starts another round of attempts after this rest [s] (at "
+        "once when a push to the CPO succeeds again).",
+    )
+    outbox_max_rounds: int = Field(
+        default=6, ge=1, description="Rounds of attempts before a failed item is abandoned."
+    )
+    outbox_result_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="A sent item whose asynchronous result has not arrived after this becomes "
+        "no_result [s].",
+    )
     outbox_backoff_s: float = Field(
         default=1.0, gt=0, description="First retry delay; doubles, capped at 300 s."
     )
