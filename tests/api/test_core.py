@@ -18,7 +18,12 @@ from tests.api.conftest import auth
 def test_health_ready_metrics_openapi(client: TestClient) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     ready = client.get("/ready").json()
-    assert ready["status"] == "ready" and ready["schema"] == "0001"
+    from alembic.script import ScriptDirectory
+
+    from api.db import alembic_config
+
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert ready["status"] == "ready" and ready["schema"] == head
     assert "gridcharge_solve_seconds" in client.get("/metrics").text
     spec = client.get("/openapi.json").json()
     assert "/v1/schedules" in spec["paths"] and "/v1/topology" in spec["paths"]
