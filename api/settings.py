@@ -68,6 +68,11 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="First retry delay; doubles, capped at 300 s."
     )
     background: bool = Field(default=True, description="Run the scheduler and outbox loops.")
+    scheduler_process: bool = Field(
+        default=True,
+        description="Re-optimise in a child process, so that model building and checking do "
+        "not hold the interpreter lock of the process that answers requests.",
+    )
 
 
 @lru_cache
