@@ -1,7 +1,7 @@
 """Background loops of the service: the scheduler (re-optimise on events and periodically) and
 the outbox worker (:mod:`api.outbox`). Both are daemon threads with ``stop()``; with
-``scheduler_process`` (the default) the scheduler thread has each run done by a child process
-(:class:`ChildScheduler`)."""
+``scheduler_process`` (the default on PostgreSQL) the scheduler thread has each run done by a
+child process (:class:`ChildScheduler`)."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ class SchedulerLoop:
         self.runs = 0
         self.errors = 0
         self._stop = threading.Event()
-        self.child = ChildScheduler(settings) if settings.scheduler_process else None
+        self.child = ChildScheduler(settings) if settings.scheduler_in_child else None
         self.thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
 
     def start(self) -> SchedulerLoop:

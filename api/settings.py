@@ -68,11 +68,20 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="First retry delay; doubles, capped at 300 s."
     )
     background: bool = Field(default=True, description="Run the scheduler and outbox loops.")
-    scheduler_process: bool = Field(
-        default=True,
+    scheduler_process: bool | None = Field(
+        default=None,
         description="Re-optimise in a child process, so that model building and checking do "
-        "not hold the interpreter lock of the process that answers requests.",
+        "not hold the interpreter lock of the process that answers requests. Default: on for "
+        "PostgreSQL, off for SQLite (one writer at a time: a second process would contend on "
+        "the database file lock, which waits by sleeping).",
     )
+
+    @property
+    def scheduler_in_child(self) -> bool:
+        """Whether the scheduler runs in a child process (see ``scheduler_process``)."""
+        if self.scheduler_process is not None:
+            return self.scheduler_process
+        return not self.database_url.startswith("sqlite")
 
 
 @lru_cache

@@ -42,3 +42,13 @@ def test_runs_happen_in_a_child_process_that_is_replaced_when_it_dies(db_url: st
         child.close()
         engine.dispose()
     assert child._proc is None
+
+
+def test_the_child_process_is_the_default_on_postgresql_only() -> None:
+    from api.settings import Settings
+
+    assert Settings(database_url="sqlite:///x.db").scheduler_in_child is False
+    assert Settings(database_url="postgresql+psycopg://u@h/db").scheduler_in_child is True
+    assert Settings(database_url="sqlite:///x.db", scheduler_process=True).scheduler_in_child
+    pg_thread = Settings(database_url="postgresql+psycopg://u@h/db", scheduler_process=False)
+    assert pg_thread.scheduler_in_child is False
