@@ -1,21 +1,27 @@
 """Background loops of the service: the scheduler (re-optimise on events and periodically) and
-the outbox worker (:mod:`api.outbox`). Both are daemon threads with ``stop()``."""
+the outbox worker (:mod:`api.outbox`). Both are daemon threads with ``stop()``; with
+``scheduler_process`` (the default on PostgreSQL) the scheduler thread has each run done by a
+child process (:class:`ChildScheduler`)."""
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db import utcnow
+from api.db import make_engine, make_sessionmaker, utcnow
 from api.events import Events
+from api.metrics import ACTIVE_SESSIONS, FALLBACKS, REJECTED_SCHEDULES, SOLVE_SECONDS
 from api.outbox import OutboxWorker
-from api.publish import reoptimise
+from api.publish import reoptimise, update_gauges
 from api.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,6 +58,7 @@ class SchedulerLoop:
         self.runs = 0
         self.errors = 0
         self._stop = threading.Event()
+        self.child = ChildScheduler(settings) if settings.scheduler_in_child else None
         self.thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
 
     def start(self) -> SchedulerLoop:
@@ -62,11 +69,17 @@ class SchedulerLoop:
         self._stop.set()
         if self.thread.is_alive():
             self.thread.join(timeout_s)
+        if self.child is not None:
+            self.child.close()
 
     def run_once(self) -> None:
         """One re-optimisation; failures are logged, never raised."""
         try:
-            reoptimise(self.factory, self.settings, self.clock())
+            if self.child is not None:
+                self.child.reoptimise(self.clock(), self._stop)
+                update_gauges(self.factory)
+            else:
+                reoptimise(self.factory, self.settings, self.clock())
             self.runs += 1
         except Exception:
             self.errors += 1
@@ -107,6 +120,102 @@ class SchedulerLoop:
                 log.info("re-optimising after %s", dict(kinds))
             self.run_once()
             due = time.monotonic() + self.settings.reschedule_every_s
+
+
+def _child_main(conn: Connection, settings_json: str) -> None:
+    """The child process of :class:`ChildScheduler`: one :func:`reoptimise` per request."""
+    settings = Settings.model_validate_json(settings_json)
+    engine = make_engine(settings.database_url)
+    factory = make_sessionmaker(engine)
+    try:
+        while True:
+            try:
+                now = conn.recv()
+            except EOFError:
+                return
+            try:
+                run = reoptimise(factory, settings, now)
+                conn.send(
+                    {
+                        "published": run.published,
+                        "status": run.status,
+                        "sessions": run.sessions,
+                        "time_s": run.time_s,
+                    }
+                )
+            except Exception as exc:
+                log.exception("re-optimisation failed in the scheduler process")
+                conn.send({"error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        engine.dispose()
+
+
+class ChildScheduler:
+    """Runs :func:`api.publish.reoptimise` in a child process (spawned on first use, restarted
+    if it dies), so that building, solving and checking a large schedule never holds the
+    interpreter lock of the process that answers requests. The metrics of a run are recorded in
+    this process from the child's answer."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._proc: BaseProcess | None = None
+        self._conn: Connection | None = None
+
+    def _ensure(self) -> Connection:
+        if self._proc is None or not self._proc.is_alive() or self._conn is None:
+            self.close()
+            ctx = multiprocessing.get_context("spawn")
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(
+                target=_child_main,
+                args=(child, self.settings.model_dump_json()),
+                name="gridcharge-scheduler",
+                daemon=True,
+            )
+            proc.start()
+            child.close()
+            self._proc, self._conn = proc, parent
+        return self._conn
+
+    def reoptimise(self, now: datetime, stop: threading.Event) -> dict[str, Any]:
+        """One run at ``now``; returns the child's summary.
+
+        Raises
+        ------
+        RuntimeError
+            The run failed in the child, the child died, or ``stop`` was set meanwhile.
+        """
+        conn = self._ensure()
+        conn.send(now)
+        while not conn.poll(TICK_S):
+            if stop.is_set():
+                raise RuntimeError("stopped while re-optimising")
+            if self._proc is None or not self._proc.is_alive():
+                raise RuntimeError("the scheduler process died")
+        try:
+            answer: dict[str, Any] = conn.recv()
+        except EOFError:
+            raise RuntimeError("the scheduler process died") from None
+        if "error" in answer:
+            raise RuntimeError(f"re-optimisation failed: {answer['error']}")
+        SOLVE_SECONDS.observe(float(answer["time_s"]))
+        ACTIVE_SESSIONS.set(int(answer["sessions"]))
+        if not answer["published"]:
+            REJECTED_SCHEDULES.inc()
+        elif answer["status"] == "fallback":
+            FALLBACKS.inc()
+        return answer
+
+    def close(self) -> None:
+        """Stop the child process (it holds no state: a run cut short published nothing)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._proc is not None:
+            if self._proc.is_alive():
+                self._proc.terminate()
+            self._proc.join(10)
+            self._proc = None
 
 
 def start_loops(app: Any, settings: Settings) -> list[Any]:

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Annotated
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.security import Principal, lookup
-from api.settings import Settings, get_settings
+from api.settings import Settings
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+def app_settings(request: Request) -> Settings:
+    """The settings the application was created with (``create_app(settings)``).
+
+    Read from ``app.state`` rather than overriding :func:`api.settings.get_settings` with
+    ``app.dependency_overrides``: any override makes FastAPI rebuild every dependency's
+    signature on every request (about 1 ms per request).
+    """
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(app_settings)]
 
 
 def get_sessionmaker(request: Request) -> sessionmaker[Session]:
@@ -36,8 +49,12 @@ def _key_from(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-def get_principal(request: Request) -> Principal:
-    """The caller, from ``Authorization: Token <key>`` (OCPI), ``Bearer <key>`` or ``X-API-Key``."""
+async def get_principal(request: Request) -> Principal:
+    """The caller, from ``Authorization: Token <key>`` (OCPI), ``Bearer <key>`` or ``X-API-Key``.
+
+    Async so that a known key costs no trip to the thread pool (it is answered from the
+    in-process cache); an unknown key is looked up in the database in the thread pool.
+    """
     key = _key_from(request)
     if not key:
         raise HTTPException(
@@ -48,8 +65,7 @@ def get_principal(request: Request) -> Principal:
     cache: dict[str, Principal] = request.app.state.key_cache
     principal = cache.get(key)
     if principal is None:
-        with get_sessionmaker(request)() as session:
-            principal = lookup(session, key)
+        principal = await run_in_threadpool(_lookup, get_sessionmaker(request), key)
         if principal is None:
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED, "authorization: unknown or revoked API key"
@@ -58,10 +74,15 @@ def get_principal(request: Request) -> Principal:
     return principal
 
 
-def require(*roles: str) -> Callable[[Principal], Principal]:
+def _lookup(factory: sessionmaker[Session], key: str) -> Principal | None:
+    with factory() as session:
+        return lookup(session, key)
+
+
+def require(*roles: str) -> Callable[[Principal], Coroutine[Any, Any, Principal]]:
     """A dependency admitting only the given roles (``admin`` always)."""
 
-    def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    async def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
         if principal.role != "admin" and principal.role not in roles:
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,

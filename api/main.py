@@ -96,7 +96,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    app.dependency_overrides[get_settings] = lambda: cfg
+    # routes read the settings from app.state (api.deps.app_settings), not through a
+    # dependency override, which would slow every request down
+    app.state.settings = cfg
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

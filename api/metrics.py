@@ -30,3 +30,19 @@ REJECTED_SCHEDULES = Counter(
 STATES_RECEIVED = Counter(
     "gridcharge_session_states", "Session states received", ["outcome"], registry=REGISTRY
 )
+OUTBOX_REQUEUED = Counter(
+    "gridcharge_outbox_requeued",
+    "Failed outbox items given another round of attempts",
+    ["why"],
+    registry=REGISTRY,
+)
+OUTBOX_ABANDONED = Counter(
+    "gridcharge_outbox_abandoned",
+    "Outbox items abandoned after their last round of attempts",
+    registry=REGISTRY,
+)
+OUTBOX_RESULT_TIMEOUTS = Counter(
+    "gridcharge_outbox_result_timeouts",
+    "Sent outbox items whose asynchronous result did not arrive in time",
+    registry=REGISTRY,
+)

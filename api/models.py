@@ -146,7 +146,8 @@ class ProfileChange(Base):
 
 
 class Profile(Base):
-    """The charging profile currently published for a session, in all three forms."""
+    """The charging profile currently published for a session, in all three forms; a cleared
+    one (``cleared_at`` set: the session ended) keeps its last forms but is no longer in force."""
 
     __tablename__ = "profiles"
     session_id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -157,6 +158,8 @@ class Profile(Base):
     ocpp16: Mapped[dict[str, Any]] = mapped_column(JSON)
     ocpp201: Mapped[dict[str, Any]] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # set when the session ended: the profile left the feed (api/clearing.py, migration 0004)
+    cleared_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class OutboxItem(Base):

@@ -11,14 +11,27 @@ States of an item:
 | ``pending`` | to be pushed at ``next_attempt_at`` (new, or waiting to retry) |
 | ``sent`` | the CPO answered ``ACCEPTED``; its asynchronous result is awaited |
 | ``accepted`` / ``rejected`` | the CPO's result arrived on ``response_url`` (``result`` keeps it) |
-| ``superseded`` | a newer profile of the same session was published before this one was sent |
-| ``failed`` | ``outbox_max_attempts`` pushes failed |
+| ``superseded`` | a newer profile of the session came first, or the session ended |
+| ``failed`` | a round of ``outbox_max_attempts`` pushes failed; rests until ``next_attempt_at`` |
+| ``abandoned`` | ``outbox_max_rounds`` rounds failed: no more attempts |
+| ``no_result`` | sent, but no asynchronous result within ``outbox_result_timeout_s`` |
 
 A push is ``PUT {cpo_url}/{session_id}`` with the JSON payload ``{charging_profile,
 response_url}`` and ``Authorization: Token {cpo_token}``. It succeeds on a 2xx answer with OCPI
 ``status_code`` 1000 and ``data.result`` ``ACCEPTED``. Any other answer or a connection error
 counts as a failed attempt: the retry waits ``outbox_backoff_s · 2^(attempts − 1)`` (capped at
 :data:`MAX_BACKOFF_S`), ``attempts`` counting this failure.
+
+A ``failed`` item is not dropped (:func:`maintain`): after ``outbox_failed_retry_s`` it becomes
+``pending`` for another round of attempts, and at once when a push to the CPO succeeds again
+(the CPO is back). Only the newest item of a session is retried; an older one is
+``superseded``. After ``outbox_max_rounds`` rounds it is ``abandoned`` (``OUTBOX_ABANDONED``).
+Re-queued items are counted in ``OUTBOX_REQUEUED{why=rested|cpo_back}``.
+
+A ``sent`` item waits for the CPO's ``ChargingProfileResult`` on its ``response_url``; when none
+arrived ``outbox_result_timeout_s`` after the push it becomes ``no_result``
+(``OUTBOX_RESULT_TIMEOUTS``), so an operator sees profiles whose application is unconfirmed. A
+result that arrives later is still stored and sets the final status.
 
 A worker *claims* an item right before pushing it by moving its ``next_attempt_at`` a lease
 (:data:`LEASE_S`) ahead, in a transaction that skips rows another worker holds (PostgreSQL
@@ -37,11 +50,11 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import exists, func, select, update
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from api.db import transaction, utcnow
-from api.metrics import OUTBOX_DEPTH
+from api.metrics import OUTBOX_ABANDONED, OUTBOX_DEPTH, OUTBOX_REQUEUED, OUTBOX_RESULT_TIMEOUTS
 from api.models import OutboxItem
 from api.settings import Settings
 
@@ -137,13 +150,17 @@ def record(
         values["last_error"] = None
     else:
         attempts = item.attempts + 1
-        give_up = attempts >= settings.outbox_max_attempts
+        if attempts >= settings.outbox_max_attempts * settings.outbox_max_rounds:
+            status, wait_s = "abandoned", 0.0
+        elif attempts % settings.outbox_max_attempts == 0:  # the round ends: rest
+            status, wait_s = "failed", settings.outbox_failed_retry_s
+        else:
+            status, wait_s = "pending", backoff_s(attempts, settings.outbox_backoff_s)
         values = {
-            "status": "failed" if give_up else "pending",
+            "status": status,
             "attempts": attempts,
             "last_error": error[:2000],
-            "next_attempt_at": now
-            + timedelta(seconds=backoff_s(attempts, settings.outbox_backoff_s)),
+            "next_attempt_at": now + timedelta(seconds=wait_s),
         }
     with transaction(factory) as db:
         done = db.execute(
@@ -152,7 +169,67 @@ def record(
             .values(**values, updated_at=now)
             .execution_options(synchronize_session=False)
         )
-    return str(values["status"]) if done.rowcount else None  # type: ignore[attr-defined]
+    if not done.rowcount:  # type: ignore[attr-defined]
+        return None
+    if values["status"] == "abandoned":
+        OUTBOX_ABANDONED.inc()
+    return str(values["status"])
+
+
+def maintain(
+    factory: sessionmaker[Session], settings: Settings, now: datetime, cpo_back: bool = False
+) -> tuple[int, int]:
+    """Re-queue failed items and time out sent ones (see the module doc), in one transaction.
+
+    Parameters
+    ----------
+    now : datetime
+        Aware current time.
+    cpo_back : bool
+        A push just succeeded: re-queue every failed item now, rested or not.
+
+    Returns
+    -------
+    (requeued, timed_out) : tuple of int
+    """
+    o = aliased(OutboxItem)
+    newer = select(o.id).where(o.session_id == OutboxItem.session_id, o.id > OutboxItem.id)
+    with transaction(factory) as db:
+        # an item older than another of its session is out of date: never retried
+        db.execute(
+            update(OutboxItem)
+            .where(OutboxItem.status == "failed", exists(newer))
+            .values(status="superseded", updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        due = OutboxItem.status == "failed"
+        if not cpo_back:
+            due = due & (OutboxItem.next_attempt_at <= now)
+        requeued = db.execute(
+            update(OutboxItem)
+            .where(due)
+            .values(status="pending", next_attempt_at=now, updated_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        cutoff = now - timedelta(seconds=settings.outbox_result_timeout_s)
+        timed_out = db.execute(
+            update(OutboxItem)
+            .where(OutboxItem.status == "sent", OutboxItem.updated_at <= cutoff)
+            .values(
+                status="no_result",
+                updated_at=now,
+                last_error=f"no ChargingProfileResult within "
+                f"{settings.outbox_result_timeout_s:g} s",
+            )
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+    if requeued:
+        OUTBOX_REQUEUED.labels(why="cpo_back" if cpo_back else "rested").inc(requeued)
+        log.info("outbox: %d failed item(s) re-queued", requeued)
+    if timed_out:
+        OUTBOX_RESULT_TIMEOUTS.inc(timed_out)
+        log.warning("outbox: %d sent item(s) got no result in time", timed_out)
+    return int(requeued), int(timed_out)
 
 
 def outbox_depth(factory: sessionmaker[Session]) -> int:
@@ -171,14 +248,17 @@ def push_due(
     stop: threading.Event | None = None,
 ) -> int:
     """Push, one by one, the items that are due at ``now`` (default: the current time) when the
-    call starts; returns how many were tried. Retries fall due later, in another call.
+    call starts; returns how many were tried. Retries fall due later, in another call. First
+    :func:`maintain`; after the first successful push, the failed items are re-queued at once.
 
     ``now`` also stands for the current time in the leases and retry times (tests pass it).
     """
     if not settings.cpo_url:
         return 0
     due_at = now or utcnow()
+    maintain(factory, settings, due_at)
     tried = 0
+    requeue_on_success = True
     while stop is None or not stop.is_set():
         item = claim_due(factory, due_at, (now or utcnow()) + timedelta(seconds=LEASE_S))
         if item is None:
@@ -187,6 +267,10 @@ def push_due(
         status = record(factory, settings, item, error, now or utcnow())
         if error:
             log.warning("push of outbox item %s failed (%s): %s", item.id, status, error)
+        elif requeue_on_success:
+            # the CPO answers again: what failed while it was down goes out in this call
+            requeue_on_success = False
+            maintain(factory, settings, now or utcnow(), cpo_back=True)
         tried += 1
     return tried
 

@@ -235,7 +235,9 @@ def publish_profiles(
     changed = [
         sid
         for sid in ids
-        if sid not in current or not same_from_start(forms[sid]["ocpi"], current[sid].ocpi)
+        if sid not in current
+        or current[sid].cleared_at is not None  # a re-opened session (api/clearing.py)
+        or not same_from_start(forms[sid]["ocpi"], current[sid].ocpi)
     ]
     if not changed:
         return []
@@ -254,6 +256,7 @@ def publish_profiles(
             "ocpp16": form["ocpp16"],
             "ocpp201": form["ocpp201"],
             "updated_at": now,
+            "cleared_at": None,
         }
         row = current.get(sid)
         if row is None:

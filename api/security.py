@@ -1,7 +1,9 @@
 """API keys and roles.
 
 A key is 32 random bytes (URL-safe text) shown once at creation; only its SHA-256 is stored,
-which is enough for a secret of that entropy. Roles:
+which is enough for a secret of that entropy: a 256-bit random key cannot be found from its hash,
+so a per-install HMAC secret ("pepper") would add nothing but a way to lock every key out when
+that secret is lost (README, "The service"). Roles:
 
 | role | may |
 |---|---|

@@ -36,7 +36,21 @@ from pydantic import (
     Field,
 )
 from pydantic_core import PydanticCustomError
-from sqlalchemy import Float, Integer, String, Table, bindparam, case, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Float,
+    Integer,
+    Select,
+    String,
+    Table,
+    Update,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from api.db import UTCDateTime
@@ -447,6 +461,90 @@ def _states_table() -> Table:
     return cast(Table, SessionState.__table__)
 
 
+def _connectors_table() -> Table:
+    return cast(Table, Connector.__table__)
+
+
+def _build_patch_statements() -> tuple[Select[Any], Select[Any], Update, Update]:
+    """The prebuilt statements of :func:`patch_session` (built once: SQLAlchemy memoises
+    their cache keys, so executing them costs no statement construction)."""
+    s, c = _sessions_table(), _connectors_table()
+    row = (
+        select(
+            s.c.country_code,
+            s.c.party_id,
+            s.c.connector_id,
+            s.c.start_date_time,
+            s.c.end_date_time,
+            s.c.status,
+            s.c.token_hash,
+            s.c.last_updated,
+            s.c.kwh,
+            s.c.last_state_at,
+            s.c.current_a,
+            s.c.phases,
+            s.c.raw,
+            c.c.phase.label("connector_phase"),
+        )
+        .select_from(s.outerjoin(c, c.c.id == s.c.connector_id))
+        .where(s.c.id == bindparam("b_id", type_=String()))
+        .with_for_update(of=s)
+    )
+    connector = select(c.c.id, c.c.phases, c.c.phase).where(
+        c.c.id == bindparam("b_id", type_=String())
+    )
+    state_values = {
+        "kwh": bindparam("b_kwh", type_=Float()),
+        "last_state_at": bindparam("b_ts", type_=UTCDateTime()),
+        "current_a": bindparam("b_i", type_=Float()),
+        "phases": bindparam("b_ph", type_=Integer()),
+    }
+    by_id = s.c.id == bindparam("b_id", type_=String())
+    state_update = update(s).where(by_id).values(**state_values)
+    full_update = (
+        update(s)
+        .where(by_id)
+        .values(
+            **state_values,
+            connector_id=bindparam("b_connector", type_=String()),
+            start_date_time=bindparam("b_start", type_=UTCDateTime()),
+            end_date_time=bindparam("b_end", type_=UTCDateTime()),
+            status=bindparam("b_status", type_=String()),
+            token_hash=bindparam("b_token", type_=String()),
+            last_updated=bindparam("b_updated", type_=UTCDateTime()),
+            raw=bindparam("b_raw", type_=s.c.raw.type),
+        )
+    )
+    return row, connector, full_update, state_update
+
+
+_PATCH_SELECT, _CONNECTOR_SELECT, _PATCH_UPDATE, _STATE_UPDATE = _build_patch_statements()
+_INSERT_STATE: dict[str, Any] = {}
+
+
+def _insert_state_statement(dialect: str) -> Any:
+    """``INSERT ... ON CONFLICT (session_id, timestamp) DO NOTHING RETURNING id`` of one state,
+    built once per dialect."""
+    stmt = _INSERT_STATE.get(dialect)
+    if stmt is None:
+        table = _states_table()
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            base: Any = pg_insert(table)
+        elif dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            base = sqlite_insert(table)
+        else:  # pragma: no cover - the service supports SQLite and PostgreSQL only
+            raise NotImplementedError(f"database dialect {dialect!r} is not supported")
+        stmt = base.on_conflict_do_nothing(index_elements=["session_id", "timestamp"]).returning(
+            table.c.id
+        )
+        _INSERT_STATE[dialect] = stmt
+    return stmt
+
+
 def _load_known(db: Session, ids: Sequence[str], chunk: int = 900) -> dict[str, _Known]:
     t = _sessions_table()
     out: dict[str, _Known] = {}
@@ -673,14 +771,49 @@ def token_hash(uid: str) -> str:
 
 
 @dataclass(frozen=True)
+class SessionView:
+    """The session fields an OCPI answer reports, as stored after the request."""
+
+    id: str
+    status: str
+    end_date_time: datetime | None
+    connector_id: str
+    kwh: float
+    last_state_at: datetime | None
+    current_a: float | None
+    phases: int
+    last_updated: datetime
+
+    @classmethod
+    def of(cls, row: ChargingSession) -> SessionView:
+        return cls(
+            id=row.id,
+            status=row.status,
+            end_date_time=row.end_date_time,
+            connector_id=row.connector_id,
+            kwh=row.kwh,
+            last_state_at=row.last_state_at,
+            current_a=row.current_a,
+            phases=row.phases,
+            last_updated=row.last_updated,
+        )
+
+
+@dataclass(frozen=True)
 class SessionResult:
     """What a PUT or PATCH did: whether the session object changed and what its state became."""
 
-    session: ChargingSession
+    session: SessionView
     created: bool
     updated: bool
     state: Outcome | None
     kwh_decreased: bool
+
+    @property
+    def ended(self) -> bool:
+        """The session is no longer plugged in (ended status or an end time)."""
+        s = self.session
+        return s.status in ENDED_STATUSES or s.end_date_time is not None
 
     def as_data(self) -> dict[str, Any]:
         s = self.session
@@ -919,7 +1052,7 @@ def put_session(
     )
     outcome, decreased = _apply_state(db, state, now)
     db.refresh(row)
-    return SessionResult(row, created, updated, outcome, decreased)
+    return SessionResult(SessionView.of(row), created, updated, outcome, decreased)
 
 
 def patch_session(
@@ -936,6 +1069,13 @@ def patch_session(
     one); ``charging_periods`` are merged by ``start_date_time``. A state is recorded when the
     PATCH carries ``kwh`` (cumulative, at ``last_updated``); without ``kwh`` none is.
 
+    This is the hot path of the service (one PATCH per session every 5 minutes), so it works
+    in SQLAlchemy Core on the session's connection with prebuilt statements: one ``SELECT``
+    of the session row (locked on PostgreSQL) joined with its connector, one ``INSERT ... ON
+    CONFLICT DO NOTHING`` of the state, and at most one ``UPDATE`` of the session with values
+    computed here. The state rules are those of :func:`store_states`; the row lock (PostgreSQL)
+    or the write lock of :func:`api.db.transaction` (SQLite) keeps them safe under concurrency.
+
     Raises
     ------
     UnknownSession
@@ -951,10 +1091,27 @@ def patch_session(
     _check_path("party_id", party_id, patch.party_id, ci=True)
     _check_path("id", session_id, patch.id, ci=False)
     _check_not_future("last_updated", patch.last_updated, now)
-    row = _owned(db, country_code, party_id, session_id)
-    connector = _connector(db, patch.evse_uid) if patch.evse_uid is not None else None
-    if connector is None:
-        connector = db.get(Connector, row.connector_id)
+    conn = db.connection()
+    row = conn.execute(_PATCH_SELECT, {"b_id": session_id}).first()
+    if (
+        row is None
+        or row.country_code.upper() != country_code.upper()
+        or row.party_id.upper() != party_id.upper()
+    ):
+        raise UnknownSession(
+            "session_id",
+            f"unknown session {country_code}/{party_id}/{session_id} (PUT the Session first)",
+        )
+    v = _PatchValues.of(row)
+    connector_phase: str = row.connector_phase or "L1"
+    found = None
+    if patch.evse_uid is not None:
+        found = conn.execute(_CONNECTOR_SELECT, {"b_id": patch.evse_uid}).first()
+        if found is None:
+            raise UnknownEvse(
+                "evse_uid", f"unknown location: no connector {patch.evse_uid!r} in the topology"
+            )
+        connector_phase = found.phase
     updated = patch.last_updated >= row.last_updated
     periods = patch.charging_periods or []
     if updated:
@@ -963,39 +1120,144 @@ def patch_session(
         for name in ("country_code", "party_id"):
             data.pop(name, None)
         if patch.cdr_token is not None:
-            row.token_hash = token_hash(patch.cdr_token.uid)
-        if patch.evse_uid is not None and connector is not None:
-            if connector.id != row.connector_id:
-                row.phases = connector.phases
-            row.connector_id = connector.id
+            v.token_hash = token_hash(patch.cdr_token.uid)
+        if patch.evse_uid is not None and found is not None:
+            if found.id != v.connector_id:
+                v.phases = found.phases
+            v.connector_id = found.id
         if patch.start_date_time is not None:
-            row.start_date_time = patch.start_date_time
+            v.start_date_time = patch.start_date_time
         if "end_date_time" in given:
-            row.end_date_time = patch.end_date_time
+            v.end_date_time = patch.end_date_time
         if patch.status is not None:
-            row.status = patch.status
-        row.last_updated = patch.last_updated
+            v.status = patch.status
+        v.last_updated = patch.last_updated
         raw = dict(row.raw or {})
         raw.update(_ocpi_raw(data))
-        raw["charging_periods"] = _merge_periods(
-            list(raw.get("charging_periods", [])), _dump_periods(periods)
-        )
-        row.raw = raw
-        _finish(row)
-    db.flush()
-    state = None
+        if periods or "charging_periods" not in raw:
+            raw["charging_periods"] = _merge_periods(
+                list(raw.get("charging_periods", [])), _dump_periods(periods)
+            )
+        v.raw = raw
+        v.finish()
+    outcome: Outcome | None = None
+    decreased = False
     if patch.kwh is not None:
         state = _state_from(
-            session_id,
-            patch.kwh,
-            patch.last_updated,
-            periods,
-            row.phases,
-            connector.phase if connector is not None else "L1",
+            session_id, patch.kwh, patch.last_updated, periods, v.phases, connector_phase
         )
-    outcome, decreased = _apply_state(db, state, now)
-    db.refresh(row)
-    return SessionResult(row, False, updated, outcome, decreased)
+        outcome, decreased = _apply_one_state(conn, state, v, now)
+    if updated:
+        conn.execute(_PATCH_UPDATE, v.params(session_id))
+    elif outcome == "stored":
+        conn.execute(_STATE_UPDATE, v.state_params(session_id))
+    view = SessionView(
+        id=session_id,
+        status=v.status,
+        end_date_time=v.end_date_time,
+        connector_id=v.connector_id,
+        kwh=v.kwh,
+        last_state_at=v.last_state_at,
+        current_a=v.current_a,
+        phases=v.phases,
+        last_updated=v.last_updated,
+    )
+    return SessionResult(view, False, updated, outcome, decreased)
+
+
+@dataclass
+class _PatchValues:
+    """The mutable columns of a session row while a PATCH is applied to it."""
+
+    connector_id: str
+    start_date_time: datetime
+    end_date_time: datetime | None
+    status: str
+    token_hash: str | None
+    last_updated: datetime
+    kwh: float
+    last_state_at: datetime | None
+    current_a: float | None
+    phases: int
+    raw: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, row: Any) -> _PatchValues:
+        return cls(
+            connector_id=row.connector_id,
+            start_date_time=row.start_date_time,
+            end_date_time=row.end_date_time,
+            status=row.status,
+            token_hash=row.token_hash,
+            last_updated=row.last_updated,
+            kwh=float(row.kwh),
+            last_state_at=row.last_state_at,
+            current_a=row.current_a,
+            phases=int(row.phases),
+            raw=row.raw,
+        )
+
+    def finish(self) -> None:
+        """As :func:`_finish`: an ended status ends the session; no end before the start."""
+        if self.status in ENDED_STATUSES and self.end_date_time is None:
+            self.end_date_time = self.last_updated
+        if self.end_date_time is not None and self.end_date_time < self.start_date_time:
+            raise SessionInputError(
+                "end_date_time",
+                f"{iso_z(self.end_date_time)} is before start_date_time "
+                f"{iso_z(self.start_date_time)}",
+            )
+
+    def state_params(self, session_id: str) -> dict[str, Any]:
+        return {
+            "b_id": session_id,
+            "b_kwh": self.kwh,
+            "b_ts": self.last_state_at,
+            "b_i": self.current_a,
+            "b_ph": self.phases,
+        }
+
+    def params(self, session_id: str) -> dict[str, Any]:
+        return {
+            **self.state_params(session_id),
+            "b_connector": self.connector_id,
+            "b_start": self.start_date_time,
+            "b_end": self.end_date_time,
+            "b_status": self.status,
+            "b_token": self.token_hash,
+            "b_updated": self.last_updated,
+            "b_raw": self.raw,
+        }
+
+
+def _apply_one_state(
+    conn: Connection, state: MeterState, v: _PatchValues, now: datetime
+) -> tuple[Outcome, bool]:
+    """Store one state of a locked session and apply it to ``v`` (the rules of
+    :func:`store_states`); the outcome and whether its ``kwh`` was below the session's."""
+    inserted = conn.execute(
+        _insert_state_statement(conn.dialect.name),
+        {
+            "session_id": state.session_id,
+            "timestamp": state.timestamp,
+            "kwh": state.kwh,
+            "current_a": list(state.current_a) if state.current_a is not None else None,
+            "phases": state.phases,
+            "received_at": now,
+        },
+    ).first()
+    if inserted is None:
+        return "duplicate", False
+    if v.last_state_at is not None and state.timestamp < v.last_state_at:
+        return "out_of_order", False
+    decreased = state.kwh < v.kwh
+    v.kwh = max(v.kwh, state.kwh)
+    v.last_state_at = state.timestamp
+    if state.current_a is not None:
+        v.current_a = max(state.current_a)
+    if state.phases is not None:
+        v.phases = state.phases
+    return "stored", decreased
 
 
 def set_charging_preferences(

@@ -58,7 +58,24 @@ class Settings(BaseSettings):
     public_url: str = Field(
         default="http://127.0.0.1:8000", description="Base URL of this service (for response_url)."
     )
-    outbox_max_attempts: int = Field(default=20, ge=1)
+    outbox_max_attempts: int = Field(
+        default=20, ge=1, description="Attempts in one round of pushes before an item is failed."
+    )
+    outbox_failed_retry_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A failed item starts another round of attempts after this rest [s] (at "
+        "once when a push to the CPO succeeds again).",
+    )
+    outbox_max_rounds: int = Field(
+        default=6, ge=1, description="Rounds of attempts before a failed item is abandoned."
+    )
+    outbox_result_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="A sent item whose asynchronous result has not arrived after this becomes "
+        "no_result [s].",
+    )
     outbox_backoff_s: float = Field(
         default=1.0, gt=0, description="First retry delay; doubles, capped at 300 s."
     )
@@ -81,9 +98,24 @@ class Settings(BaseSettings):
     forecast_max_upload_mb: float = Field(
         default=50.0, gt=0, description="Largest training file accepted by the API [MB]."
     )
+    scheduler_process: bool | None = Field(
+        default=None,
+        description="Re-optimise in a child process, so that model building and checking do "
+        "not hold the interpreter lock of the process that answers requests. Default: on for "
+        "PostgreSQL, off for SQLite (one writer at a time: a second process would contend on "
+        "the database file lock, which waits by sleeping).",
+    )
+
+    @property
+    def scheduler_in_child(self) -> bool:
+        """Whether the scheduler runs in a child process (see ``scheduler_process``)."""
+        if self.scheduler_process is not None:
+            return self.scheduler_process
+        return not self.database_url.startswith("sqlite")
 
 
 @lru_cache
 def get_settings() -> Settings:
-    """The process-wide settings (overridden in tests with ``app.dependency_overrides``)."""
+    """The process-wide settings from the environment (routes use the app's own settings:
+    :func:`api.deps.app_settings`)."""
     return Settings()

@@ -200,13 +200,36 @@ def in_process(target: Any, *args: Any) -> dict[str, Any]:
     return res
 
 
-def bench(sessions: int, seconds: float, background: bool, workers: int = 1) -> dict[str, Any]:
+def fresh_database(postgres: str | None) -> str:
+    """A new empty database: a SQLite file, or a new database on the PostgreSQL server whose
+    URL is ``postgres`` (a role that may CREATE DATABASE)."""
+    if not postgres:
+        return f"sqlite:///{Path(tempfile.mkdtemp()) / 'bench.db'}"
+    import uuid
+
+    import sqlalchemy as sa
+
+    name = f"gc_bench_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(postgres, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return postgres.rsplit("/", 1)[0] + f"/{name}"
+
+
+def bench(
+    sessions: int,
+    seconds: float,
+    background: bool,
+    workers: int = 1,
+    postgres: str | None = None,
+    rate: float = 500.0,
+) -> dict[str, Any]:
     from api.db import make_engine, make_sessionmaker, migrate, transaction
     from api.security import create_key
     from optimizer.demo import start_service
 
-    tmp = Path(tempfile.mkdtemp())
-    url_db = f"sqlite:///{tmp / 'bench.db'}"
+    url_db = fresh_database(postgres)
     migrate(url_db)
     engine = make_engine(url_db)
     with transaction(make_sessionmaker(engine)) as db:
@@ -218,12 +241,14 @@ def bench(sessions: int, seconds: float, background: bool, workers: int = 1) -> 
         ids = seed_service(url, keys, sessions)
         seed_s = time.perf_counter() - t0
         bulk = in_process(load_bulk, url, keys["csms"], ids, seconds)
-        single = in_process(load_single, url, keys["csms"], ids, 500.0, seconds)
+        single = in_process(load_single, url, keys["csms"], ids, rate, seconds)
     finally:
         proc.terminate()
         proc.wait(30)
     return {
         "sessions": sessions,
+        "database": "postgresql" if postgres else "sqlite",
+        "workers": workers,
         "background": background,
         "seed_s": round(seed_s, 1),
         "bulk": bulk,
@@ -235,19 +260,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sessions", type=int, default=16000)
     ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    ap.add_argument("--rate", type=float, default=500.0, help="single updates per second")
+    ap.add_argument(
+        "--postgres",
+        default=None,
+        help="PostgreSQL server URL (postgresql+psycopg://USER@HOST:PORT/DB, a role that may "
+        "create databases); default: a SQLite file",
+    )
+    ap.add_argument("--no-background", action="store_true", help="skip the run with it on")
     args = ap.parse_args()
     rows = []
-    for background in (False, True):
+    for background in (False,) if args.no_background else (False, True):
         print(f"service benchmark: {args.sessions} sessions, background={background}", flush=True)
-        row = bench(args.sessions, args.seconds, background)
+        row = bench(args.sessions, args.seconds, background, args.workers, args.postgres, args.rate)
         print(json.dumps(row), flush=True)
         rows.append(row)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     where = machine()
     section = [
         f"### Service load, run {when}\n",
-        f"Machine: {where}. Server: `gridcharge serve` (1 worker, SQLite); load from a separate "
-        f"process over loopback; {args.sessions:,} active sessions; {args.seconds:.0f} s per load. "
+        f"Machine: {where}. Server: `gridcharge serve` ({args.workers} worker"
+        f"{'s' if args.workers > 1 else ''}, {'PostgreSQL' if args.postgres else 'SQLite'}); "
+        "load from separate processes over loopback; "
+        f"{args.sessions:,} active sessions; {args.seconds:.0f} s per load; single updates "
+        f"offered at {args.rate:g}/s. "
         "Targets: bulk ≥ 2,000 states/s; single updates p99 < 100 ms at 500/s.\n",
         "| background scheduler | bulk states/s | bulk batch p99 ms | single rate achieved /s "
         "| single p50 ms | single p99 ms | errors |",

@@ -65,6 +65,10 @@ class SimCar:
         k = bisect.bisect_right(self.profile_t, t) - 1
         return min(self.profile_a[k], self.max_a)
 
+    def drop_profile(self) -> None:
+        """A cleared profile (the session ended): back to the connector limit."""
+        self.profile_t, self.profile_a, self.profile_end = [], [], None
+
     def take_profile(self, ocpi: dict[str, Any]) -> None:
         start = datetime.fromisoformat(ocpi["start_date_time"].replace("Z", "+00:00"))
         periods = ocpi["charging_profile_period"]
@@ -241,7 +245,11 @@ class CsmsSimulator:
             ).json()
             for p in page["profiles"]:
                 car = self.by_id.get(p["session_id"])
-                if car is not None:
+                if car is None:
+                    continue
+                if p.get("cleared"):  # the session ended: its profile is no longer in force
+                    car.drop_profile()
+                else:
                     car.take_profile(p["ocpi"])
             self.cursor, more = page["cursor"], page["more"]
         result: dict[str, Any] = run.json()

@@ -13,6 +13,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
+from api.clearing import clear_ended_profile
 from api.db import transaction, utcnow
 from api.deps import require
 from api.metrics import STATES_RECEIVED
@@ -191,8 +192,11 @@ def put_ocpi_session(
 ) -> JSONResponse:
     """The whole Session object. `evse_uid` is our connector id in the topology; `kwh` is the
     cumulative energy at `last_updated` and is recorded as a meter state."""
+    now = utcnow()
     with transaction(request.app.state.sessionmaker) as db:
-        result = put_session(db, country_code, party_id, session_id, body, utcnow())
+        result = put_session(db, country_code, party_id, session_id, body, now)
+        if result.ended:
+            clear_ended_profile(db, session_id, now)
         data = result.as_data()
     _after_change(request, result)
     return ocpi_response(data, http_status=201 if result.created else 200)
@@ -213,9 +217,13 @@ def patch_ocpi_session(
     body: Annotated[OcpiSessionPatch, Body(examples=[PATCH_EXAMPLE])],
 ) -> JSONResponse:
     """Only the fields that changed, with `last_updated`. New `charging_periods` are merged in
-    by `start_date_time`; a `kwh` is recorded as a meter state at `last_updated`."""
+    by `start_date_time`; a `kwh` is recorded as a meter state at `last_updated`. An update
+    that ends the session (`COMPLETED`, `INVALID`, `end_date_time`) clears its profile."""
+    now = utcnow()
     with transaction(request.app.state.sessionmaker) as db:
-        result = patch_session(db, country_code, party_id, session_id, body, utcnow())
+        result = patch_session(db, country_code, party_id, session_id, body, now)
+        if result.ended:
+            clear_ended_profile(db, session_id, now)
         data = result.as_data()
     _after_change(request, result)
     return ocpi_response(data)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Reques
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
+from api.clearing import clear_forms
 from api.db import transaction, utcnow
 from api.deps import DbDep, require
 from api.models import Profile, ScheduleRun
@@ -38,7 +39,9 @@ def list_profiles(
     """Every session whose current profile has a cursor above ``changed_since``, by cursor.
 
     A session appears once, with its newest profile; when it is re-published later it moves to
-    its new, higher cursor. ``cursor`` is the highest cursor returned (or ``changed_since`` when
+    its new, higher cursor. When the session ends its profile is cleared: it moves to a new
+    cursor once more, with `cleared: true`, no profile forms and the OCPP ClearChargingProfile
+    commands in `clear`. ``cursor`` is the highest cursor returned (or ``changed_since`` when
     nothing is); ``more`` tells that another page follows.
     """
     rows = db.scalars(
@@ -49,21 +52,31 @@ def list_profiles(
     ).all()
     page = rows[:limit]
     return {
-        "profiles": [
-            {
-                "session_id": p.session_id,
-                "cursor": p.cursor,
-                "run_id": p.run_id,
-                "updated_at": p.updated_at.isoformat() if p.updated_at else None,
-                "ocpi": p.ocpi,
-                "ocpp16": p.ocpp16,
-                "ocpp201": p.ocpp201,
-            }
-            for p in page
-        ],
+        "profiles": [_entry(p) for p in page],
         "cursor": page[-1].cursor if page else changed_since,
         "more": len(rows) > limit,
     }
+
+
+def _entry(p: Profile) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "session_id": p.session_id,
+        "cursor": p.cursor,
+        "run_id": p.run_id,
+        "updated_at": p.updated_at.isoformat() if p.updated_at else None,
+        "cleared": p.cleared_at is not None,
+    }
+    if p.cleared_at is None:
+        entry.update(ocpi=p.ocpi, ocpp16=p.ocpp16, ocpp201=p.ocpp201)
+    else:
+        entry.update(
+            ocpi=None,
+            ocpp16=None,
+            ocpp201=None,
+            cleared_at=p.cleared_at.isoformat(),
+            clear=clear_forms(p.ocpp16, p.ocpp201),
+        )
+    return entry
 
 
 def _ocpi(status_code: int, message: str, http_status: int = 200) -> JSONResponse:

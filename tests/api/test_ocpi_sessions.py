@@ -599,3 +599,60 @@ def test_the_session_update_never_moves_a_session_backwards(
         None,
         3,
     )
+
+
+def test_a_patch_costs_three_statements(client: TestClient, h: dict[str, str]) -> None:
+    """The hot path: read the session (with its connector), insert the state, update the
+    session; nothing is read twice."""
+    from sqlalchemy import event
+
+    assert client.put(PATH, json=session_body(), headers=h).status_code == 201
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    seen: list[str] = []
+
+    def log(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement.split()[0].upper())
+
+    event.listen(engine, "before_cursor_execute", log)
+    try:
+        body = {
+            "kwh": 1.5,
+            "charging_periods": [period(0, ("CURRENT", 16.0))],
+            "last_updated": at(5),
+        }
+        r = client.patch(PATH, json=body, headers=h)
+    finally:
+        event.remove(engine, "before_cursor_execute", log)
+    assert r.status_code == 200, r.text
+    assert r.json()["data"]["kwh"] == 1.5 and r.json()["data"]["state"] == "stored"
+    assert seen == ["SELECT", "INSERT", "UPDATE"]
+
+
+def test_concurrent_patches_of_one_session_keep_the_newest_state(
+    client: TestClient, h: dict[str, str]
+) -> None:
+    """PATCHes racing from several threads in shuffled order: every state is stored once, and
+    the session ends at the newest state with the highest energy."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert client.put(PATH, json=session_body(), headers=h).status_code == 201
+    minutes = list(range(1, 41))
+    random.Random(7).shuffle(minutes)
+
+    def send(m: int) -> int:
+        body = {"kwh": 0.25 * m, "last_updated": at(m)}
+        return client.patch(PATH, json=body, headers=h).status_code
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert set(pool.map(send, minutes + minutes[:10])) == {200}
+    row = db_session(client)
+    assert row is not None
+    assert row.kwh == 10.0
+    assert row.last_state_at == T0 + timedelta(minutes=40)
+    with client.app.state.sessionmaker() as db:  # type: ignore[attr-defined]
+        n = db.scalar(
+            select(func.count())
+            .select_from(SessionState)
+            .where(SessionState.session_id == "sess-1")
+        )
+    assert n == 41  # the PUT's state at minute 0 and one per minute

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.db import transaction, utcnow
 from api.main import create_app
 from api.models import OutboxItem, Profile
-from api.outbox import OutboxWorker, backoff_s, judge, push_due
+from api.outbox import OutboxWorker, backoff_s, judge, push_due, store_result
 from api.publish import reoptimise
 from api.settings import Settings
 from tests.api.conftest import ServerProcess, auth, free_port, make_key
@@ -292,3 +292,122 @@ def test_nothing_is_lost_when_the_cpo_and_the_service_go_down(db_url: str) -> No
         srv.stop()
         cpo.stop()
         engine.dispose()
+
+
+@pytest.fixture
+def direct_factory(db_url: str) -> Iterator[sessionmaker[Session]]:
+    from api.db import make_engine, make_sessionmaker, migrate
+
+    migrate(db_url)
+    engine = make_engine(db_url)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+def metric(name: str, **labels: str) -> float:
+    from api.metrics import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_a_failed_item_gets_another_round_after_its_rest_then_is_abandoned(
+    direct_factory: sessionmaker[Session], outbox_settings: Callable[..., Settings]
+) -> None:
+    factory = direct_factory
+    with CpoServer(fail_first=100) as cpo, httpx.Client(timeout=10) as client:
+        settings = outbox_settings(
+            cpo, outbox_max_attempts=2, outbox_max_rounds=2, outbox_failed_retry_s=100.0
+        )
+        seed(factory, only={"s-4"})
+        reoptimise(factory, settings, NOW)
+        requeued0 = metric("gridcharge_outbox_requeued_total", why="rested")
+        abandoned0 = metric("gridcharge_outbox_abandoned_total")
+        at = utcnow()
+        assert push_due(factory, settings, client, now=at) == 1
+        assert push_due(factory, settings, client, now=at + timedelta(seconds=1)) == 1
+        [item] = items(factory)
+        assert (item.status, item.attempts) == ("failed", 2)
+        assert item.next_attempt_at == at + timedelta(seconds=101)
+        # resting: nothing is tried before the rest is over
+        assert push_due(factory, settings, client, now=at + timedelta(seconds=60)) == 0
+        assert items(factory)[0].status == "failed"
+        # the second round
+        assert push_due(factory, settings, client, now=at + timedelta(seconds=101)) == 1
+        [item] = items(factory)
+        assert (item.status, item.attempts) == ("pending", 3)
+        assert metric("gridcharge_outbox_requeued_total", why="rested") == requeued0 + 1
+        assert push_due(factory, settings, client, now=at + timedelta(seconds=102)) == 1
+        [item] = items(factory)
+        assert (item.status, item.attempts, item.last_error) == ("abandoned", 4, "HTTP 503")
+        assert metric("gridcharge_outbox_abandoned_total") == abandoned0 + 1
+        # abandoned is final
+        assert push_due(factory, settings, client, now=at + timedelta(days=1)) == 0
+    assert len(cpo.puts) == 4
+
+
+def test_failed_items_are_requeued_at_once_when_the_cpo_is_back(
+    direct_factory: sessionmaker[Session], outbox_settings: Callable[..., Settings]
+) -> None:
+    factory = direct_factory
+    with CpoServer(fail_first=2) as cpo, httpx.Client(timeout=10) as client:
+        settings = outbox_settings(cpo, outbox_max_attempts=1, outbox_failed_retry_s=3600.0)
+        seed(factory, only={"s-1", "s-3", "s-4"})
+        reoptimise(factory, settings, NOW)
+        back0 = metric("gridcharge_outbox_requeued_total", why="cpo_back")
+        at = utcnow()
+        # the first two pushes fail (a round of one attempt: failed, resting an hour); the third
+        # succeeds: the CPO is back, so the two failed ones go out in the same call
+        assert push_due(factory, settings, client, now=at) == 5
+    statuses = [(i.status, i.attempts) for i in items(factory)]
+    assert statuses == [("sent", 2), ("sent", 2), ("sent", 1)]
+    assert metric("gridcharge_outbox_requeued_total", why="cpo_back") == back0 + 2
+    assert len(cpo.puts) == 5
+
+
+def test_only_the_newest_failed_item_of_a_session_is_retried(
+    direct_factory: sessionmaker[Session], outbox_settings: Callable[..., Settings]
+) -> None:
+    factory = direct_factory
+    with CpoServer(fail_first=1) as cpo, httpx.Client(timeout=10) as client:
+        settings = outbox_settings(cpo, outbox_max_attempts=1, outbox_failed_retry_s=10.0)
+        seed(factory, only={"s-4"})
+        reoptimise(factory, settings, NOW)
+        at = utcnow()
+        push_due(factory, settings, client, now=at)
+        [old] = items(factory)
+        assert old.status == "failed"
+        with transaction(factory) as db:  # a newer profile of s-4 was published (and sent)
+            db.add(
+                OutboxItem(
+                    session_id="s-4", cursor=old.cursor + 1, payload=old.payload, status="sent"
+                )
+            )
+        push_due(factory, settings, client, now=at + timedelta(seconds=11))
+    assert [i.status for i in items(factory)] == ["superseded", "sent"]
+    assert len(cpo.puts) == 1
+
+
+def test_a_sent_item_without_a_result_times_out(
+    direct_factory: sessionmaker[Session], outbox_settings: Callable[..., Settings]
+) -> None:
+    factory = direct_factory
+    # no service listens on the response_url: the CPO's result never arrives
+    with CpoServer() as cpo, httpx.Client(timeout=10) as client:
+        settings = outbox_settings(cpo, outbox_result_timeout_s=60.0)
+        seed(factory, only={"s-4"})
+        reoptimise(factory, settings, NOW)
+        timeouts0 = metric("gridcharge_outbox_result_timeouts_total")
+        at = utcnow()
+        assert push_due(factory, settings, client, now=at) == 1
+        assert items(factory)[0].status == "sent"
+        push_due(factory, settings, client, now=at + timedelta(seconds=59))
+        assert items(factory)[0].status == "sent"
+        push_due(factory, settings, client, now=at + timedelta(seconds=60))
+        [item] = items(factory)
+        assert item.status == "no_result"
+        assert item.last_error == "no ChargingProfileResult within 60 s"
+        assert metric("gridcharge_outbox_result_timeouts_total") == timeouts0 + 1
+    # a result that comes late still counts
+    with transaction(factory) as db:
+        stored = store_result(db, item.id, {"result": "ACCEPTED"})
+        assert stored is not None and stored.status == "accepted"
