@@ -203,6 +203,7 @@ class CsmsSimulator:
         car.ended = True
 
     def _take_profiles(self) -> None:
+        """Read the profile feed from the last cursor and apply it to the cars."""
         more = True
         while more:
             page = self._call(
@@ -210,7 +211,11 @@ class CsmsSimulator:
             ).json()
             for p in page["profiles"]:
                 car = self.by_id.get(p["session_id"])
-                if car is not None:
+                if car is None:
+                    continue
+                if p.get("cleared"):  # the session ended: its profile is no longer in force
+                    car.drop_profile()
+                else:
                     car.take_profile(p["ocpi"])
             self.cursor, more = page["cursor"], page["more"]
 
@@ -238,20 +243,7 @@ class CsmsSimulator:
 
     def _plan(self, at: datetime) -> dict[str, Any]:
         run = self._call("POST", "/v1/schedule-runs", "operator", params={"at": at.isoformat()})
-        more = True
-        while more:
-            page = self._call(
-                "GET", "/v1/profiles", "csms", params={"changed_since": self.cursor, "limit": 1000}
-            ).json()
-            for p in page["profiles"]:
-                car = self.by_id.get(p["session_id"])
-                if car is None:
-                    continue
-                if p.get("cleared"):  # the session ended: its profile is no longer in force
-                    car.drop_profile()
-                else:
-                    car.take_profile(p["ocpi"])
-            self.cursor, more = page["cursor"], page["more"]
+        self._take_profiles()
         result: dict[str, Any] = run.json()
         return result
 
