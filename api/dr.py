@@ -33,9 +33,10 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Table, Text, delete, func, select, type_coerce, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.bulk import Encoded, dumps, insert_rows, loads, reserve_ids
 from api.db import transaction, utcnow
 from api.live import build_live_scenario, held_sessions
 from api.metrics import REGISTRY
@@ -454,12 +455,14 @@ def _chunks(ids: list[str], size: int = 500) -> Iterable[list[str]]:
 
 
 def published_ocpi(db: Session, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The published OCPI profiles of ``ids`` (JSON decoded with orjson, see :func:`loads`)."""
     out: dict[str, dict[str, Any]] = {}
+    raw = type_coerce(Profile.ocpi, Text)
     for chunk in _chunks(ids):
         for sid, ocpi in db.execute(
-            select(Profile.session_id, Profile.ocpi).where(Profile.session_id.in_(chunk))
+            select(Profile.session_id, raw).where(Profile.session_id.in_(chunk))
         ):
-            out[sid] = ocpi
+            out[sid] = loads(ocpi)
     return out
 
 
@@ -580,13 +583,15 @@ def publish_curtailments(
     settings: Settings,
     now: datetime,
 ) -> list[str]:
-    """Publish curtailment profiles into the scheduler's tables, in bulk statements.
+    """Publish curtailment profiles into the scheduler's tables, in bulk.
 
     The same rows as :func:`api.publish.publish_profiles` writes (a ``profile_changes`` cursor
-    per changed session, the upserted ``profiles`` row, and with ``cpo_url`` an ``outbox`` item
-    superseding older pending ones), with executemany statements instead of ORM objects: for
-    16,000 sessions that is the difference between seconds and a fraction of one. ``run_id`` is
-    the negative activation id. ``previous`` holds the published OCPI profiles; a session whose
+    per changed session, the replaced ``profiles`` row, and with ``cpo_url`` an ``outbox`` item
+    superseding older pending ones), written through :mod:`api.bulk` (encoded once, handed to
+    the driver's ``executemany`` or PostgreSQL ``COPY``): for 16,000 sessions that is the
+    difference between seconds and a fraction of one. Cursors and outbox ids are reserved
+    first, so no row is written twice (the outbox payload holds its own id). ``run_id`` is the
+    negative activation id. ``previous`` holds the published OCPI profiles; a session whose
     profile would not change is left alone. Returns the changed session ids.
     """
     changed = [
@@ -596,82 +601,79 @@ def publish_curtailments(
     ]
     if not changed:
         return []
-    conn = db.connection()  # Core executemany: no ORM bookkeeping per row
+    conn = db.connection()
     changes = cast(Table, ProfileChange.__table__)
-    cursors = dict(
-        (sid, cur)
-        for cur, sid in conn.execute(
-            changes.insert().returning(changes.c.cursor, changes.c.session_id),
-            [{"session_id": sid, "run_id": run_id, "created_at": now} for sid in changed],
-        )
+    profiles = cast(Table, Profile.__table__)
+    outbox = cast(Table, OutboxItem.__table__)
+    cursors = dict(zip(changed, reserve_ids(conn, changes, "cursor", len(changed)), strict=True))
+    insert_rows(
+        conn,
+        changes,
+        ("cursor", "session_id", "run_id", "created_at"),
+        [(cursors[sid], sid, run_id, now) for sid in changed],
     )
-    values = [
-        {
-            "b_sid": sid,
-            "cursor": cursors[sid],
-            "run_id": run_id,
-            "limits_a": step_limits_a(forms[sid]["ocpi"], settings.step_s),
-            "ocpi": forms[sid]["ocpi"],
-            "ocpp16": forms[sid]["ocpp16"],
-            "ocpp201": forms[sid]["ocpp201"],
-            "updated_at": now,
-        }
-        for sid in changed
-    ]
-    old = [v for v in values if v["b_sid"] in previous]
-    new = [v for v in values if v["b_sid"] not in previous]
-    if old:
-        table = cast(Table, Profile.__table__)
-        conn.execute(
-            update(table)
-            .where(table.c.session_id == bindparam("b_sid"))
-            .values({k: bindparam(k) for k in old[0] if k != "b_sid"}),
-            old,
-        )
-    if new:
-        conn.execute(
-            cast(Table, Profile.__table__).insert(),
-            [{"session_id": v.pop("b_sid"), **v} for v in new],
-        )
+    replaced = [sid for sid in changed if sid in previous]
+    for chunk in _chunks(replaced):
+        conn.execute(delete(profiles).where(profiles.c.session_id.in_(chunk)))
+    ocpi_text = {sid: dumps(forms[sid]["ocpi"]) for sid in changed}
+    insert_rows(
+        conn,
+        profiles,
+        ("session_id", "cursor", "run_id", "limits_a", "ocpi", "ocpp16", "ocpp201", "updated_at"),
+        [
+            (
+                sid,
+                cursors[sid],
+                run_id,
+                step_limits_a(forms[sid]["ocpi"], settings.step_s),
+                Encoded(ocpi_text[sid]),
+                forms[sid]["ocpp16"],
+                forms[sid]["ocpp201"],
+                now,
+            )
+            for sid in changed
+        ],
+    )
     if settings.cpo_url:
         for chunk in _chunks(changed):
-            db.execute(
-                update(OutboxItem)
-                .where(OutboxItem.session_id.in_(chunk), OutboxItem.status == "pending")
-                .values(status="superseded", updated_at=now)
-                .execution_options(synchronize_session=False)
-            )
-        table = cast(Table, OutboxItem.__table__)
-        ids = list(
             conn.execute(
-                table.insert().returning(table.c.id, table.c.session_id),
-                [
-                    {
-                        "session_id": sid,
-                        "cursor": cursors[sid],
-                        "payload": {},
-                        "status": "pending",
-                        "attempts": 0,
-                        "next_attempt_at": now,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                    for sid in changed
-                ],
+                update(outbox)
+                .where(outbox.c.session_id.in_(chunk), outbox.c.status == "pending")
+                .values(status="superseded", updated_at=now)
             )
-        )
-        base = settings.public_url.rstrip("/")
-        conn.execute(
-            update(table).where(table.c.id == bindparam("b_id")).values(payload=bindparam("p")),
+        item_ids = reserve_ids(conn, outbox, "id", len(changed))
+        results = dumps(settings.public_url.rstrip("/") + "/v1/profiles/results/")[:-1]
+        insert_rows(
+            conn,
+            outbox,
+            (
+                "id",
+                "session_id",
+                "cursor",
+                "payload",
+                "status",
+                "attempts",
+                "next_attempt_at",
+                "created_at",
+                "updated_at",
+            ),
             [
-                {
-                    "b_id": item_id,
-                    "p": {
-                        "charging_profile": forms[sid]["ocpi"],
-                        "response_url": f"{base}/v1/profiles/results/{item_id}",
-                    },
-                }
-                for item_id, sid in ids
+                (
+                    item_id,
+                    sid,
+                    cursors[sid],
+                    # {"charging_profile": <OCPI>, "response_url": ".../results/<id>"}
+                    Encoded(
+                        f'{{"charging_profile":{ocpi_text[sid]},'
+                        f'"response_url":{results}{item_id}"}}'
+                    ),
+                    "pending",
+                    0,
+                    now,
+                    now,
+                    now,
+                )
+                for item_id, sid in zip(item_ids, changed, strict=True)
             ],
         )
     return changed
@@ -831,7 +833,12 @@ def run_activation(
             }
         )
     if curtailments:
-        db.connection().execute(cast(Table, DrCurtailment.__table__).insert(), curtailments)
+        insert_rows(
+            db.connection(),
+            cast(Table, DrCurtailment.__table__),
+            tuple(curtailments[0]),
+            [tuple(c.values()) for c in curtailments],
+        )
         publish_curtailments(db, -activation.id, forms, previous, settings, now)
     signal.status = "relayed"
     signal.decided_at = now
