@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
@@ -455,14 +455,22 @@ def _chunks(ids: list[str], size: int = 500) -> Iterable[list[str]]:
 
 
 def published_ocpi(db: Session, ids: list[str]) -> dict[str, dict[str, Any]]:
-    """The published OCPI profiles of ``ids`` (JSON decoded with orjson, see :func:`loads`)."""
-    out: dict[str, dict[str, Any]] = {}
+    """The published OCPI profiles of ``ids``."""
+    texts = published_ocpi_texts(db, ids)
+    decoded: dict[str, dict[str, Any]] = {}  # identical profiles decoded once
+    return {sid: decoded.get(t) or decoded.setdefault(t, loads(t)) for sid, t in texts.items()}
+
+
+def published_ocpi_texts(db: Session, ids: list[str]) -> dict[str, str]:
+    """The published OCPI profiles of ``ids`` as stored JSON text (PostgreSQL's driver hands
+    back decoded JSON, which is encoded again; identical profiles then give identical text)."""
+    out: dict[str, str] = {}
     raw = type_coerce(Profile.ocpi, Text)
     for chunk in _chunks(ids):
         for sid, ocpi in db.execute(
             select(Profile.session_id, raw).where(Profile.session_id.in_(chunk))
         ):
-            out[sid] = loads(ocpi)
+            out[sid] = ocpi if isinstance(ocpi, str) else dumps(ocpi)
     return out
 
 
@@ -471,21 +479,26 @@ def _stamp(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def curtailment_forms(
+@dataclass(frozen=True)
+class CurtailmentShape:
+    """What a curtailment profile sets, apart from the session's ids: the periods
+    ``[(offset_s, limit_a), ...]`` from ``start``, the duration [s] and ``min_charging_rate``."""
+
+    start: datetime
+    periods: tuple[tuple[int, float], ...]
+    duration_s: int
+    min_rate: float
+
+
+def curtailment_shape(
     *,
-    session_id: str,
-    evse_id: int,
-    n_phases: int,
     start: datetime,
     until: datetime,
     limit_a: float,
     previous: Mapping[str, Any] | None,
-) -> dict[str, dict[str, Any]]:
-    """OCPP 1.6, OCPP 2.0.1 and OCPI profiles: ``limit_a`` from ``start`` to ``until``, then the
-    limits of ``previous`` (the OCPI profile published before) until its end.
-
-    The profile replaces the published one (same id, ``TxProfile``, stack level 0).
-    """
+) -> CurtailmentShape:
+    """``limit_a`` from ``start`` to ``until``, then the limits of ``previous`` (the OCPI profile
+    published before) until its end."""
     t0 = start.timestamp()
     t_until = until.timestamp()
     limit = round(float(limit_a), 1)
@@ -504,11 +517,18 @@ def curtailment_forms(
                 offset = round(max(s, t_until) - t0)
                 if lim != periods[-1][1]:
                     periods.append((offset, float(lim)))
-    duration = round(end_s - t0)
-    stamp = _stamp(start)
+    return CurtailmentShape(start, tuple(periods), round(end_s - t0), min_rate)
+
+
+def shape_forms(
+    shape: CurtailmentShape, *, session_id: str, evse_id: int, n_phases: int
+) -> dict[str, dict[str, Any]]:
+    """The OCPP 1.6, OCPP 2.0.1 and OCPI profiles of ``shape`` for one session (they replace
+    the published one: same id, ``TxProfile``, stack level 0)."""
+    stamp = _stamp(shape.start)
     pid = charging_profile_id(session_id)
     ocpp_periods = [
-        {"startPeriod": s, "limit": lim, "numberPhases": n_phases} for s, lim in periods
+        {"startPeriod": s, "limit": lim, "numberPhases": n_phases} for s, lim in shape.periods
     ]
     return {
         "ocpp16": {
@@ -519,11 +539,11 @@ def curtailment_forms(
                 "chargingProfilePurpose": "TxProfile",
                 "chargingProfileKind": "Absolute",
                 "chargingSchedule": {
-                    "duration": duration,
+                    "duration": shape.duration_s,
                     "startSchedule": stamp,
                     "chargingRateUnit": "A",
                     "chargingSchedulePeriod": ocpp_periods,
-                    "minChargingRate": min_rate,
+                    "minChargingRate": shape.min_rate,
                 },
             },
         },
@@ -538,10 +558,10 @@ def curtailment_forms(
                     {
                         "id": pid,
                         "startSchedule": stamp,
-                        "duration": duration,
+                        "duration": shape.duration_s,
                         "chargingRateUnit": "A",
                         "chargingSchedulePeriod": ocpp_periods,
-                        "minChargingRate": min_rate,
+                        "minChargingRate": shape.min_rate,
                     }
                 ],
                 "transactionId": session_id,
@@ -549,12 +569,90 @@ def curtailment_forms(
         },
         "ocpi": {
             "start_date_time": stamp,
-            "duration": duration,
+            "duration": shape.duration_s,
             "charging_rate_unit": "A",
-            "min_charging_rate": min_rate,
-            "charging_profile_period": [{"start_period": s, "limit": lim} for s, lim in periods],
+            "min_charging_rate": shape.min_rate,
+            "charging_profile_period": [
+                {"start_period": s, "limit": lim} for s, lim in shape.periods
+            ],
         },
     }
+
+
+def curtailment_forms(
+    *,
+    session_id: str,
+    evse_id: int,
+    n_phases: int,
+    start: datetime,
+    until: datetime,
+    limit_a: float,
+    previous: Mapping[str, Any] | None,
+) -> dict[str, dict[str, Any]]:
+    """OCPP 1.6, OCPP 2.0.1 and OCPI profiles: ``limit_a`` from ``start`` to ``until``, then the
+    limits of ``previous`` (the OCPI profile published before) until its end.
+
+    The profile replaces the published one (same id, ``TxProfile``, stack level 0).
+    """
+    shape = curtailment_shape(start=start, until=until, limit_a=limit_a, previous=previous)
+    return shape_forms(shape, session_id=session_id, evse_id=evse_id, n_phases=n_phases)
+
+
+@dataclass
+class RenderedShape:
+    """One curtailment shape rendered once for every session that has it."""
+
+    shape: CurtailmentShape
+    changed: bool
+    """False when the published profile already sets these limits (the session is left alone)."""
+    planned_kwh: float | None
+    ocpi_text: str
+    limits_a_text: str
+    ocpp16_head: str
+    ocpp16_tail: str
+    ocpp201_head: str
+    ocpp201_tail: str
+
+    def ocpp16(self, evse_id: int, pid: int) -> str:
+        return f'{{"connectorId":{evse_id},{self.ocpp16_head}{pid}{self.ocpp16_tail}'
+
+    def ocpp201(self, evse_id: int, pid: int, session_id_json: str) -> str:
+        return (
+            f'{{"evseId":{evse_id},"chargingProfile":{{"id":{pid},{self.ocpp201_head}'
+            f'{{"id":{pid},{self.ocpp201_tail}"transactionId":{session_id_json}}}}}'
+        )
+
+
+def render_shape(
+    shape: CurtailmentShape,
+    previous: Mapping[str, Any] | None,
+    n_phases: int,
+    settings: Settings,
+) -> RenderedShape:
+    """JSON text of the forms of ``shape`` with holes for the session's ids (filled by
+    :meth:`RenderedShape.ocpp16` / :meth:`RenderedShape.ocpp201`; the result is the same JSON
+    as :func:`shape_forms`, key order included)."""
+    forms = shape_forms(shape, session_id="-", evse_id=0, n_phases=n_phases)
+    ocpi = forms["ocpi"]
+    s16 = forms["ocpp16"]["csChargingProfiles"]["chargingSchedule"]
+    s201 = dict(forms["ocpp201"]["chargingProfile"]["chargingSchedule"][0])
+    del s201["id"]
+    body201 = dict(forms["ocpp201"]["chargingProfile"])
+    del body201["id"], body201["chargingSchedule"], body201["transactionId"]
+    return RenderedShape(
+        shape=shape,
+        changed=previous is None or not same_from_start(ocpi, previous),
+        planned_kwh=planned_kwh(previous, shape.start, n_phases, settings.voltage_v),
+        ocpi_text=dumps(ocpi),
+        limits_a_text=dumps(step_limits_a(ocpi, settings.step_s)),
+        ocpp16_head='"csChargingProfiles":{"chargingProfileId":',
+        ocpp16_tail=(
+            ',"stackLevel":0,"chargingProfilePurpose":"TxProfile",'
+            f'"chargingProfileKind":"Absolute","chargingSchedule":{dumps(s16)}}}}}'
+        ),
+        ocpp201_head=dumps(body201)[1:-1] + ',"chargingSchedule":[',
+        ocpp201_tail=dumps(s201)[1:] + "],",
+    )
 
 
 def planned_kwh(
@@ -578,61 +676,60 @@ def planned_kwh(
 def publish_curtailments(
     db: Session,
     run_id: int,
-    forms: Mapping[str, Mapping[str, Any]],
-    previous: Mapping[str, Mapping[str, Any]],
+    published: Sequence[tuple[str, int, RenderedShape]],
+    existing: Container[str],
     settings: Settings,
     now: datetime,
 ) -> list[str]:
     """Publish curtailment profiles into the scheduler's tables, in bulk.
 
-    The same rows as :func:`api.publish.publish_profiles` writes (a ``profile_changes`` cursor
-    per changed session, the replaced ``profiles`` row, and with ``cpo_url`` an ``outbox`` item
-    superseding older pending ones), written through :mod:`api.bulk` (encoded once, handed to
-    the driver's ``executemany`` or PostgreSQL ``COPY``): for 16,000 sessions that is the
-    difference between seconds and a fraction of one. Cursors and outbox ids are reserved
-    first, so no row is written twice (the outbox payload holds its own id). ``run_id`` is the
-    negative activation id. ``previous`` holds the published OCPI profiles; a session whose
+    ``published`` holds ``(session_id, evse_id, rendered shape)``; ``existing`` the sessions
+    that have a published profile. The same rows as :func:`api.publish.publish_profiles`
+    writes (a ``profile_changes`` cursor per changed session, the replaced ``profiles`` row,
+    and with ``cpo_url`` an ``outbox`` item superseding older pending ones), written through
+    :mod:`api.bulk` (encoded once, handed to the driver's ``executemany`` or PostgreSQL
+    ``COPY``): for 16,000 sessions that is the difference between seconds and a fraction of
+    one. Cursors and outbox ids are reserved first, so no row is written twice (the outbox
+    payload holds its own id). ``run_id`` is the negative activation id. A session whose
     profile would not change is left alone. Returns the changed session ids.
     """
-    changed = [
-        sid
-        for sid in sorted(forms)
-        if sid not in previous or not same_from_start(forms[sid]["ocpi"], previous[sid])
-    ]
+    rows = sorted((p for p in published if p[2].changed), key=lambda p: p[0])
+    changed = [sid for sid, _, _ in rows]
     if not changed:
         return []
     conn = db.connection()
     changes = cast(Table, ProfileChange.__table__)
     profiles = cast(Table, Profile.__table__)
     outbox = cast(Table, OutboxItem.__table__)
-    cursors = dict(zip(changed, reserve_ids(conn, changes, "cursor", len(changed)), strict=True))
+    cursors = reserve_ids(conn, changes, "cursor", len(changed))
     insert_rows(
         conn,
         changes,
         ("cursor", "session_id", "run_id", "created_at"),
-        [(cursors[sid], sid, run_id, now) for sid in changed],
+        [(cur, sid, run_id, now) for cur, sid in zip(cursors, changed, strict=True)],
     )
-    replaced = [sid for sid in changed if sid in previous]
-    for chunk in _chunks(replaced):
+    for chunk in _chunks([sid for sid in changed if sid in existing]):
         conn.execute(delete(profiles).where(profiles.c.session_id.in_(chunk)))
-    ocpi_text = {sid: dumps(forms[sid]["ocpi"]) for sid in changed}
+    profile_rows = []
+    for cur, (sid, evse, r) in zip(cursors, rows, strict=True):
+        pid = charging_profile_id(sid)
+        profile_rows.append(
+            (
+                sid,
+                cur,
+                run_id,
+                Encoded(r.limits_a_text),
+                Encoded(r.ocpi_text),
+                Encoded(r.ocpp16(evse, pid)),
+                Encoded(r.ocpp201(evse, pid, dumps(sid))),
+                now,
+            )
+        )
     insert_rows(
         conn,
         profiles,
         ("session_id", "cursor", "run_id", "limits_a", "ocpi", "ocpp16", "ocpp201", "updated_at"),
-        [
-            (
-                sid,
-                cursors[sid],
-                run_id,
-                step_limits_a(forms[sid]["ocpi"], settings.step_s),
-                Encoded(ocpi_text[sid]),
-                forms[sid]["ocpp16"],
-                forms[sid]["ocpp201"],
-                now,
-            )
-            for sid in changed
-        ],
+        profile_rows,
     )
     if settings.cpo_url:
         for chunk in _chunks(changed):
@@ -661,11 +758,10 @@ def publish_curtailments(
                 (
                     item_id,
                     sid,
-                    cursors[sid],
+                    cur,
                     # {"charging_profile": <OCPI>, "response_url": ".../results/<id>"}
                     Encoded(
-                        f'{{"charging_profile":{ocpi_text[sid]},'
-                        f'"response_url":{results}{item_id}"}}'
+                        f'{{"charging_profile":{r.ocpi_text},"response_url":{results}{item_id}"}}'
                     ),
                     "pending",
                     0,
@@ -673,7 +769,7 @@ def publish_curtailments(
                     now,
                     now,
                 )
-                for item_id, sid in zip(item_ids, changed, strict=True)
+                for item_id, cur, (sid, _evse, r) in zip(item_ids, cursors, rows, strict=True)
             ],
         )
     return changed
@@ -801,45 +897,68 @@ def run_activation(
     )
     db.add(activation)
     db.flush()
-    previous = published_ocpi(db, ids)
-    forms: dict[str, dict[str, Any]] = {}
-    curtailments = []
-    until_s = act.duration_s
+    # Sessions with the same published profile, restore time, minimum and phases get the same
+    # curtailment shape: it is computed and encoded once, each session only adds its ids.
+    texts = published_ocpi_texts(db, ids)
+    decoded: dict[str, dict[str, Any]] = {}
+    shapes: dict[tuple[str | None, float, float, int], RenderedShape] = {}
+    untils: dict[float, datetime] = {}
+    published: list[tuple[str, int, RenderedShape]] = []
+    curtailments: list[tuple[Any, ...]] = []
+    duration_s = act.duration_s.tolist()
+    n_phases = fleet.n_phases.astype(int).tolist()
+    min_a = fleet.min_a.tolist()
+    evse = fleet.evse.tolist()
+    i_now_a = fleet.i_now_a.tolist()
+    release_kw = act.release_kw.tolist()
+    kwh = fleet.kwh.tolist()
     for k in chosen.tolist():
         sid = fleet.ids[k]
-        until = now + timedelta(seconds=float(until_s[k]))
-        prev = previous.get(sid)
-        forms[sid] = curtailment_forms(
-            session_id=sid,
-            evse_id=int(fleet.evse[k]),
-            n_phases=int(fleet.n_phases[k]),
-            start=now,
-            until=until,
-            limit_a=float(fleet.min_a[k]),
-            previous=prev,
-        )
+        d = float(duration_s[k])
+        until = untils.get(d) or untils.setdefault(d, now + timedelta(seconds=d))
+        prev_text = texts.get(sid)
+        key = (prev_text, d, min_a[k], n_phases[k])
+        r = shapes.get(key)
+        if r is None:
+            prev = None
+            if prev_text is not None:
+                prev = decoded.get(prev_text) or decoded.setdefault(prev_text, loads(prev_text))
+            shape = curtailment_shape(start=now, until=until, limit_a=min_a[k], previous=prev)
+            r = shapes[key] = render_shape(shape, prev, n_phases[k], settings)
+        published.append((sid, evse[k], r))
         curtailments.append(
-            {
-                "activation_id": activation.id,
-                "session_id": sid,
-                "region": fleet.region[k],
-                "start": now,
-                "until": until,
-                "limit_a": float(fleet.min_a[k]),
-                "current_before_a": float(fleet.i_now_a[k]),
-                "released_kw": float(act.release_kw[k]),
-                "kwh_at_signal": float(fleet.kwh[k]),
-                "planned_kwh": planned_kwh(prev, now, int(fleet.n_phases[k]), settings.voltage_v),
-            }
+            (
+                activation.id,
+                sid,
+                fleet.region[k],
+                now,
+                until,
+                min_a[k],
+                i_now_a[k],
+                release_kw[k],
+                kwh[k],
+                r.planned_kwh,
+            )
         )
     if curtailments:
         insert_rows(
             db.connection(),
             cast(Table, DrCurtailment.__table__),
-            tuple(curtailments[0]),
-            [tuple(c.values()) for c in curtailments],
+            (
+                "activation_id",
+                "session_id",
+                "region",
+                "start",
+                "until",
+                "limit_a",
+                "current_before_a",
+                "released_kw",
+                "kwh_at_signal",
+                "planned_kwh",
+            ),
+            curtailments,
         )
-        publish_curtailments(db, -activation.id, forms, previous, settings, now)
+        publish_curtailments(db, -activation.id, published, texts, settings, now)
     signal.status = "relayed"
     signal.decided_at = now
     signal.decided_by = actor
