@@ -92,12 +92,21 @@ def _encoder(conn: Connection, table: Table, name: str) -> Callable[[Any], Any]:
 
 
 def insert_rows(
-    conn: Connection, table: Table, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+    conn: Connection,
+    table: Table,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    replace_on: str | None = None,
 ) -> int:
     """Insert ``rows`` (tuples in the order of ``columns``, Python values); returns the count.
 
     JSON columns take Python objects (or text already encoded with :func:`dumps`, given as
-    :class:`Encoded`); datetime columns aware datetimes.
+    :class:`Encoded`); datetime columns aware datetimes. With ``replace_on`` (a unique column
+    among ``columns``) a row replaces the stored row with the same value: ``INSERT ... ON
+    CONFLICT DO UPDATE`` on SQLite (the row is rewritten in place), ``DELETE`` then ``COPY`` on
+    PostgreSQL (``COPY`` cannot upsert); columns not given keep their value on SQLite and get
+    their default on PostgreSQL, so give them all.
     """
     rows = list(rows)
     if not rows:
@@ -115,6 +124,13 @@ def insert_rows(
     cols = ", ".join(conn.dialect.identifier_preparer.quote(c) for c in columns)
     name = conn.dialect.identifier_preparer.format_table(table)
     if conn.dialect.name == "postgresql":
+        if replace_on is not None:
+            k = list(columns).index(replace_on)
+            keys = [row[k] for row in data]
+            for start in range(0, len(keys), 10_000):
+                conn.execute(
+                    table.delete().where(table.c[replace_on].in_(keys[start : start + 10_000]))
+                )
         raw = conn.connection.driver_connection
         assert raw is not None
         with raw.cursor() as cur, cur.copy(f"COPY {name} ({cols}) FROM STDIN") as copy:
@@ -122,7 +138,14 @@ def insert_rows(
                 copy.write_row(row)
     else:
         marks = ", ".join("?" if conn.dialect.paramstyle == "qmark" else "%s" for _ in columns)
-        conn.exec_driver_sql(f"INSERT INTO {name} ({cols}) VALUES ({marks})", data)
+        sql = f"INSERT INTO {name} ({cols}) VALUES ({marks})"
+        if replace_on is not None:
+            quote = conn.dialect.identifier_preparer.quote
+            sets = ", ".join(
+                f"{quote(c)} = excluded.{quote(c)}" for c in columns if c != replace_on
+            )
+            sql += f" ON CONFLICT ({quote(replace_on)}) DO UPDATE SET {sets}"
+        conn.exec_driver_sql(sql, data)
     return len(data)
 
 

@@ -33,7 +33,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
-from sqlalchemy import Table, Text, delete, func, select, type_coerce, update
+from sqlalchemy import Table, Text, func, select, type_coerce, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.bulk import Encoded, dumps, insert_rows, loads, reserve_ids
@@ -449,7 +449,11 @@ def decide(
 # curtailment profiles
 
 
-def _chunks(ids: list[str], size: int = 500) -> Iterable[list[str]]:
+IN_CHUNK = 500
+"""Ids per ``IN (...)`` clause."""
+
+
+def _chunks(ids: list[str], size: int = IN_CHUNK) -> Iterable[list[str]]:
     for k in range(0, len(ids), size):
         yield ids[k : k + size]
 
@@ -466,11 +470,19 @@ def published_ocpi_texts(db: Session, ids: list[str]) -> dict[str, str]:
     back decoded JSON, which is encoded again; identical profiles then give identical text)."""
     out: dict[str, str] = {}
     raw = type_coerce(Profile.ocpi, Text)
-    for chunk in _chunks(ids):
-        for sid, ocpi in db.execute(
+    if len(ids) > IN_CHUNK * 4:  # most of the table: one scan beats many IN (...) lookups
+        wanted = set(ids)
+        queries = [select(Profile.session_id, raw)]
+    else:
+        wanted = None
+        queries = [
             select(Profile.session_id, raw).where(Profile.session_id.in_(chunk))
-        ):
-            out[sid] = ocpi if isinstance(ocpi, str) else dumps(ocpi)
+            for chunk in _chunks(ids)
+        ]
+    for q in queries:
+        for sid, ocpi in db.execute(q):
+            if wanted is None or sid in wanted:
+                out[sid] = ocpi if isinstance(ocpi, str) else dumps(ocpi)
     return out
 
 
@@ -708,8 +720,6 @@ def publish_curtailments(
         ("cursor", "session_id", "run_id", "created_at"),
         [(cur, sid, run_id, now) for cur, sid in zip(cursors, changed, strict=True)],
     )
-    for chunk in _chunks([sid for sid in changed if sid in existing]):
-        conn.execute(delete(profiles).where(profiles.c.session_id.in_(chunk)))
     profile_rows = []
     for cur, (sid, evse, r) in zip(cursors, rows, strict=True):
         pid = charging_profile_id(sid)
@@ -730,6 +740,7 @@ def publish_curtailments(
         profiles,
         ("session_id", "cursor", "run_id", "limits_a", "ocpi", "ocpp16", "ocpp201", "updated_at"),
         profile_rows,
+        replace_on="session_id",
     )
     if settings.cpo_url:
         for chunk in _chunks(changed):
