@@ -121,16 +121,14 @@ def insert_rows(
     data = list(zip(*encoded_columns, strict=True))
     if not data:
         return 0
-    cols = ", ".join(conn.dialect.identifier_preparer.quote(c) for c in columns)
+    cols_q = [conn.dialect.identifier_preparer.quote(c) for c in columns]
+    cols = ", ".join(cols_q)
     name = conn.dialect.identifier_preparer.format_table(table)
     if conn.dialect.name == "postgresql":
         if replace_on is not None:
             k = list(columns).index(replace_on)
             keys = [row[k] for row in data]
-            for start in range(0, len(keys), 10_000):
-                conn.execute(
-                    table.delete().where(table.c[replace_on].in_(keys[start : start + 10_000]))
-                )
+            conn.execute(text(f"DELETE FROM {name} WHERE {cols_q[k]} = ANY(:keys)"), {"keys": keys})
         raw = conn.connection.driver_connection
         assert raw is not None
         with raw.cursor() as cur, cur.copy(f"COPY {name} ({cols}) FROM STDIN") as copy:

@@ -33,7 +33,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
-from sqlalchemy import Table, Text, func, select, type_coerce, update
+from sqlalchemy import ARRAY, String, Table, Text, any_, bindparam, func, select, update
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.bulk import Encoded, dumps, insert_rows, loads, reserve_ids
@@ -469,7 +470,7 @@ def published_ocpi_texts(db: Session, ids: list[str]) -> dict[str, str]:
     """The published OCPI profiles of ``ids`` as stored JSON text (PostgreSQL's driver hands
     back decoded JSON, which is encoded again; identical profiles then give identical text)."""
     out: dict[str, str] = {}
-    raw = type_coerce(Profile.ocpi, Text)
+    raw = sql_cast(Profile.ocpi, Text)  # the stored text, not decoded by the driver
     if len(ids) > IN_CHUNK * 4:  # most of the table: one scan beats many IN (...) lookups
         wanted = set(ids)
         queries = [select(Profile.session_id, raw)]
@@ -743,12 +744,19 @@ def publish_curtailments(
         replace_on="session_id",
     )
     if settings.cpo_url:
-        for chunk in _chunks(changed):
+        supersede = update(outbox).values(status="superseded", updated_at=now)
+        if conn.dialect.name == "postgresql":  # one array parameter, not thousands
             conn.execute(
-                update(outbox)
-                .where(outbox.c.session_id.in_(chunk), outbox.c.status == "pending")
-                .values(status="superseded", updated_at=now)
+                supersede.where(
+                    outbox.c.session_id == any_(bindparam("ids", changed, type_=ARRAY(String))),
+                    outbox.c.status == "pending",
+                )
             )
+        else:
+            for chunk in _chunks(changed):
+                conn.execute(
+                    supersede.where(outbox.c.session_id.in_(chunk), outbox.c.status == "pending")
+                )
         item_ids = reserve_ids(conn, outbox, "id", len(changed))
         results = dumps(settings.public_url.rstrip("/") + "/v1/profiles/results/")[:-1]
         insert_rows(
