@@ -102,11 +102,13 @@ def insert_rows(
     """Insert ``rows`` (tuples in the order of ``columns``, Python values); returns the count.
 
     JSON columns take Python objects (or text already encoded with :func:`dumps`, given as
-    :class:`Encoded`); datetime columns aware datetimes. With ``replace_on`` (a unique column
-    among ``columns``) a row replaces the stored row with the same value: ``INSERT ... ON
-    CONFLICT DO UPDATE`` on SQLite (the row is rewritten in place), ``DELETE`` then ``COPY`` on
-    PostgreSQL (``COPY`` cannot upsert); columns not given keep their value on SQLite and get
-    their default on PostgreSQL, so give them all.
+    :class:`Encoded`); datetime columns aware datetimes. Python-side column defaults (the ORM's
+    ``default=``) are not applied: give every column that may not be null.
+
+    With ``replace_on`` (a unique column among ``columns``) a row replaces the stored row with
+    the same value: ``INSERT ... ON CONFLICT DO UPDATE`` on SQLite (the row is rewritten in
+    place), ``DELETE`` then ``COPY`` on PostgreSQL (``COPY`` cannot upsert); columns not given
+    keep their value on SQLite and get their default on PostgreSQL, so give them all.
     """
     rows = list(rows)
     if not rows:
