@@ -67,8 +67,6 @@ from api.publish import (
     choose_schedule,
     ocpi_segments,
     publish_profiles,
-    same_from_start,
-    step_limits_a,
 )
 from api.security import Principal
 from api.settings import Settings
@@ -644,28 +642,76 @@ def render_shape(
 ) -> RenderedShape:
     """JSON text of the forms of ``shape`` with holes for the session's ids (filled by
     :meth:`RenderedShape.ocpp16` / :meth:`RenderedShape.ocpp201`; the result is the same JSON
-    as :func:`shape_forms`, key order included)."""
-    forms = shape_forms(shape, session_id="-", evse_id=0, n_phases=n_phases)
-    ocpi = forms["ocpi"]
-    s16 = forms["ocpp16"]["csChargingProfiles"]["chargingSchedule"]
-    s201 = dict(forms["ocpp201"]["chargingProfile"]["chargingSchedule"][0])
-    del s201["id"]
-    body201 = dict(forms["ocpp201"]["chargingProfile"])
-    del body201["id"], body201["chargingSchedule"], body201["transactionId"]
+    as :func:`shape_forms`, key order included). Written out by hand: for a fleet where every
+    session has its own shape this runs once per session."""
+    stamp = _stamp(shape.start)
+    d = shape.duration_s
+    rate = dumps(shape.min_rate)
+    ocpp_periods = dumps(
+        [{"startPeriod": s, "limit": lim, "numberPhases": n_phases} for s, lim in shape.periods]
+    )
+    ocpi_periods = dumps([{"start_period": s, "limit": lim} for s, lim in shape.periods])
+    ocpi_text = (
+        f'{{"start_date_time":"{stamp}","duration":{d},"charging_rate_unit":"A",'
+        f'"min_charging_rate":{rate},"charging_profile_period":{ocpi_periods}}}'
+    )
     return RenderedShape(
         shape=shape,
-        changed=previous is None or not same_from_start(ocpi, previous),
+        changed=_changes(shape, previous),
         planned_kwh=planned_kwh(previous, shape.start, n_phases, settings.voltage_v),
-        ocpi_text=dumps(ocpi),
-        limits_a_text=dumps(step_limits_a(ocpi, settings.step_s)),
+        ocpi_text=ocpi_text,
+        limits_a_text=dumps(_step_limits(shape, settings.step_s)),
         ocpp16_head='"csChargingProfiles":{"chargingProfileId":',
         ocpp16_tail=(
             ',"stackLevel":0,"chargingProfilePurpose":"TxProfile",'
-            f'"chargingProfileKind":"Absolute","chargingSchedule":{dumps(s16)}}}}}'
+            f'"chargingProfileKind":"Absolute","chargingSchedule":{{"duration":{d},'
+            f'"startSchedule":"{stamp}","chargingRateUnit":"A",'
+            f'"chargingSchedulePeriod":{ocpp_periods},"minChargingRate":{rate}}}}}}}'
         ),
-        ocpp201_head=dumps(body201)[1:-1] + ',"chargingSchedule":[',
-        ocpp201_tail=dumps(s201)[1:] + "],",
+        ocpp201_head=(
+            '"stackLevel":0,"chargingProfilePurpose":"TxProfile",'
+            '"chargingProfileKind":"Absolute","chargingSchedule":['
+        ),
+        ocpp201_tail=(
+            f'"startSchedule":"{stamp}","duration":{d},"chargingRateUnit":"A",'
+            f'"chargingSchedulePeriod":{ocpp_periods},"minChargingRate":{rate}}}],'
+        ),
     )
+
+
+def _step_limits(shape: CurtailmentShape, step_s: int) -> list[float]:
+    """:func:`api.publish.step_limits_a` of the shape's OCPI form [A]."""
+    periods = shape.periods
+    out: list[float] = []
+    k = 0
+    for j in range(shape.duration_s // step_s):
+        while k + 1 < len(periods) and periods[k + 1][0] <= j * step_s:
+            k += 1
+        out.append(float(periods[k][1]))
+    return out
+
+
+def _changes(shape: CurtailmentShape, previous: Mapping[str, Any] | None) -> bool:
+    """:func:`api.publish.same_from_start` of the shape's OCPI form and ``previous``, negated:
+    the curtailment continues ``previous`` after its first period, so it changes nothing only
+    when ``previous`` already holds that limit over the whole first period."""
+    if previous is None:
+        return True
+    limit = shape.periods[0][1]
+    if previous.get("min_charging_rate") != shape.min_rate:
+        return True
+    if previous.get("charging_rate_unit") != "A":
+        return True
+    segments, end = ocpi_segments(previous)
+    t0 = shape.start.timestamp()
+    t1 = t0 + (shape.periods[1][0] if len(shape.periods) > 1 else shape.duration_s)
+    if segments[0][0] > t0 or end != t0 + shape.duration_s:
+        return True
+    for k, (a, lim) in enumerate(segments):
+        b = segments[k + 1][0] if k + 1 < len(segments) else end
+        if b > t0 and a < t1 and lim != limit:
+            return True
+    return False
 
 
 def planned_kwh(
@@ -1073,7 +1119,9 @@ def receive_signal(
         out = response_of(signal, activation)
     SIGNALS.labels("received").inc()
     if activation is not None:
-        _count(activation, time.perf_counter() - t0)
+        elapsed = time.perf_counter() - t0
+        out["committed_s"] = round(elapsed, 4)
+        _count(activation, elapsed)
     return out, activation is not None
 
 
@@ -1116,7 +1164,9 @@ def relay_signal(
         signal.decision_reason = reason or "relayed by an operator"
         activation = run_activation(db, settings, signal, now, "manual", actor_of(principal), t0)
         out = response_of(signal, activation)
-    _count(activation, time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
+    out["committed_s"] = round(elapsed, 4)
+    _count(activation, elapsed)
     return out
 
 

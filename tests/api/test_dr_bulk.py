@@ -21,7 +21,7 @@ from api.db import make_engine, make_sessionmaker, migrate, transaction
 from api.main import create_app
 from api.models import OutboxItem, Profile, ProfileChange
 from api.models_dr import DrCurtailment
-from api.publish import reoptimise
+from api.publish import reoptimise, same_from_start, step_limits_a
 from api.settings import Settings
 from optimizer.profiles import charging_profile_id
 from tests.api.conftest import auth, make_key
@@ -235,7 +235,7 @@ def test_rendered_shape_text_equals_the_reference_forms(
         assert decoded == forms[form]
         assert json.dumps(decoded) == json.dumps(forms[form])  # key order too
     assert rendered.planned_kwh == dr.planned_kwh(previous, start, n_phases, 230.0)
-    assert orjson.loads(rendered.limits_a_text) == dr.step_limits_a(forms["ocpi"], 900)
+    assert orjson.loads(rendered.limits_a_text) == step_limits_a(forms["ocpi"], 900)
     assert rendered.changed is True
 
 
@@ -279,7 +279,7 @@ def test_activation_rows_equal_the_reference_forms_and_ids_do_not_collide(
         )
         p = after[sid]
         assert (p.ocpi, p.ocpp16, p.ocpp201) == (forms["ocpi"], forms["ocpp16"], forms["ocpp201"])
-        assert p.limits_a == dr.step_limits_a(forms["ocpi"], settings.step_s)
+        assert p.limits_a == step_limits_a(forms["ocpi"], settings.step_s)
         assert p.run_id == -out["activation_id"]
         assert changes[p.cursor].session_id == sid and changes[p.cursor].run_id == p.run_id
         item = items[sid]
@@ -365,6 +365,39 @@ def test_a_committed_activation_survives_kill_9(db_url: str) -> None:
             sorted(curtailed) == sorted(RELEASE_KW) and len(curtailed) == out["sessions_curtailed"]
         )
         assert run_ids == {-out["activation_id"]}
+        assert out["committed_s"] >= out["activation"]["time_s"] > 0
         assert sorted(pending) == sorted(RELEASE_KW)
     finally:
         engine.dispose()
+
+
+def test_changed_agrees_with_same_from_start_on_random_profiles() -> None:
+    """The curtailment leaves a session alone exactly when the scheduler's comparison finds the
+    new profile equal to the published one."""
+    import random
+
+    rnd = random.Random(5)
+    settings = Settings(database_url="sqlite://")
+    start = datetime(2026, 1, 15, 9, 7, tzinfo=UTC)
+    seen = {True: 0, False: 0}
+    for _ in range(3000):
+        n = rnd.randint(1, 4)
+        starts = sorted(rnd.sample(range(1, 8), n - 1)) if n > 1 else []
+        begin = rnd.choice([-900, -420, 0, 60])
+        previous = {
+            "start_date_time": (start + timedelta(seconds=begin)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "duration": rnd.choice([300, 900, 1380 - begin, 3600]),
+            "charging_rate_unit": rnd.choice(["A", "A", "A", "W"]),
+            "min_charging_rate": rnd.choice([8.0, 8.0, 6.0]),
+            "charging_profile_period": [{"start_period": 0, "limit": rnd.choice([8.0, 16.0])}]
+            + [{"start_period": 300 * k, "limit": rnd.choice([8.0, 12.0])} for k in starts],
+        }
+        if rnd.random() < 0.2:
+            del previous["min_charging_rate"]
+        until = start + timedelta(seconds=rnd.choice([60, 480, 900]))
+        shape = dr.curtailment_shape(start=start, until=until, limit_a=8.0, previous=previous)
+        rendered = dr.render_shape(shape, previous, 3, settings)
+        ocpi = orjson.loads(rendered.ocpi_text)
+        assert rendered.changed == (not same_from_start(ocpi, previous)), (previous, until)
+        seen[rendered.changed] += 1
+    assert seen[True] > 100 and seen[False] > 100
