@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from bisect import bisect_right
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -507,9 +508,10 @@ def curtailment_shape(
     until: datetime,
     limit_a: float,
     previous: Mapping[str, Any] | None,
+    parsed: tuple[list[tuple[float, float]], float] | None = None,
 ) -> CurtailmentShape:
     """``limit_a`` from ``start`` to ``until``, then the limits of ``previous`` (the OCPI profile
-    published before) until its end."""
+    published before) until its end. ``parsed``: ``ocpi_segments(previous)`` when known."""
     t0 = start.timestamp()
     t_until = until.timestamp()
     limit = round(float(limit_a), 1)
@@ -517,7 +519,7 @@ def curtailment_shape(
     end_s = t_until
     min_rate = limit
     if previous is not None:
-        segments, prev_end = ocpi_segments(previous)
+        segments, prev_end = parsed or ocpi_segments(previous)
         min_rate = float(previous.get("min_charging_rate", limit))
         if prev_end > t_until:
             end_s = prev_end
@@ -639,6 +641,7 @@ def render_shape(
     previous: Mapping[str, Any] | None,
     n_phases: int,
     settings: Settings,
+    parsed: tuple[list[tuple[float, float]], float] | None = None,
 ) -> RenderedShape:
     """JSON text of the forms of ``shape`` with holes for the session's ids (filled by
     :meth:`RenderedShape.ocpp16` / :meth:`RenderedShape.ocpp201`; the result is the same JSON
@@ -657,8 +660,8 @@ def render_shape(
     )
     return RenderedShape(
         shape=shape,
-        changed=_changes(shape, previous),
-        planned_kwh=planned_kwh(previous, shape.start, n_phases, settings.voltage_v),
+        changed=_changes(shape, previous, parsed),
+        planned_kwh=planned_kwh(previous, shape.start, n_phases, settings.voltage_v, parsed),
         ocpi_text=ocpi_text,
         limits_a_text=dumps(_step_limits(shape, settings.step_s)),
         ocpp16_head='"csChargingProfiles":{"chargingProfileId":',
@@ -681,17 +684,16 @@ def render_shape(
 
 def _step_limits(shape: CurtailmentShape, step_s: int) -> list[float]:
     """:func:`api.publish.step_limits_a` of the shape's OCPI form [A]."""
-    periods = shape.periods
-    out: list[float] = []
-    k = 0
-    for j in range(shape.duration_s // step_s):
-        while k + 1 < len(periods) and periods[k + 1][0] <= j * step_s:
-            k += 1
-        out.append(float(periods[k][1]))
-    return out
+    starts = [s for s, _ in shape.periods]
+    limits = [float(lim) for _, lim in shape.periods]
+    return [limits[bisect_right(starts, j * step_s) - 1] for j in range(shape.duration_s // step_s)]
 
 
-def _changes(shape: CurtailmentShape, previous: Mapping[str, Any] | None) -> bool:
+def _changes(
+    shape: CurtailmentShape,
+    previous: Mapping[str, Any] | None,
+    parsed: tuple[list[tuple[float, float]], float] | None = None,
+) -> bool:
     """:func:`api.publish.same_from_start` of the shape's OCPI form and ``previous``, negated:
     the curtailment continues ``previous`` after its first period, so it changes nothing only
     when ``previous`` already holds that limit over the whole first period."""
@@ -702,7 +704,7 @@ def _changes(shape: CurtailmentShape, previous: Mapping[str, Any] | None) -> boo
         return True
     if previous.get("charging_rate_unit") != "A":
         return True
-    segments, end = ocpi_segments(previous)
+    segments, end = parsed or ocpi_segments(previous)
     t0 = shape.start.timestamp()
     t1 = t0 + (shape.periods[1][0] if len(shape.periods) > 1 else shape.duration_s)
     if segments[0][0] > t0 or end != t0 + shape.duration_s:
@@ -715,13 +717,17 @@ def _changes(shape: CurtailmentShape, previous: Mapping[str, Any] | None) -> boo
 
 
 def planned_kwh(
-    previous: Mapping[str, Any] | None, start: datetime, n_phases: int, v: float
+    previous: Mapping[str, Any] | None,
+    start: datetime,
+    n_phases: int,
+    v: float,
+    parsed: tuple[list[tuple[float, float]], float] | None = None,
 ) -> float | None:
     """Energy the previous profile allowed from ``start`` to its end [kWh] (the no-activation
-    plan of the KPIs)."""
+    plan of the KPIs). ``parsed``: ``ocpi_segments(previous)`` when known."""
     if previous is None:
         return None
-    segments, end = ocpi_segments(previous)
+    segments, end = parsed or ocpi_segments(previous)
     t = start.timestamp()
     total = 0.0
     for k, (s, lim) in enumerate(segments):
@@ -988,8 +994,11 @@ def run_activation(
             prev = None
             if prev_text is not None:
                 prev = decoded.get(prev_text) or decoded.setdefault(prev_text, loads(prev_text))
-            shape = curtailment_shape(start=now, until=until, limit_a=min_a[k], previous=prev)
-            r = shapes[key] = render_shape(shape, prev, n_phases[k], settings)
+            parsed = None if prev is None else ocpi_segments(prev)
+            shape = curtailment_shape(
+                start=now, until=until, limit_a=min_a[k], previous=prev, parsed=parsed
+            )
+            r = shapes[key] = render_shape(shape, prev, n_phases[k], settings, parsed)
         published.append((sid, evse[k], r))
         curtailments.append(
             (
