@@ -23,7 +23,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from bisect import bisect_right
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
@@ -33,9 +34,11 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import ARRAY, String, Table, Text, any_, bindparam, func, select, update
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.bulk import Encoded, dumps, insert_rows, loads, reserve_ids
 from api.db import transaction, utcnow
 from api.live import build_live_scenario, held_sessions
 from api.metrics import REGISTRY
@@ -65,8 +68,6 @@ from api.publish import (
     choose_schedule,
     ocpi_segments,
     publish_profiles,
-    same_from_start,
-    step_limits_a,
 )
 from api.security import Principal
 from api.settings import Settings
@@ -448,24 +449,147 @@ def decide(
 # curtailment profiles
 
 
-def _chunks(ids: list[str], size: int = 500) -> Iterable[list[str]]:
+IN_CHUNK = 500
+"""Ids per ``IN (...)`` clause."""
+
+
+def _chunks(ids: list[str], size: int = IN_CHUNK) -> Iterable[list[str]]:
     for k in range(0, len(ids), size):
         yield ids[k : k + size]
 
 
 def published_ocpi(db: Session, ids: list[str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for chunk in _chunks(ids):
-        for sid, ocpi in db.execute(
-            select(Profile.session_id, Profile.ocpi).where(Profile.session_id.in_(chunk))
-        ):
-            out[sid] = ocpi
+    """The published OCPI profiles of ``ids``."""
+    texts = published_ocpi_texts(db, ids)
+    decoded: dict[str, dict[str, Any]] = {}  # identical profiles decoded once
+    return {sid: decoded.get(t) or decoded.setdefault(t, loads(t)) for sid, t in texts.items()}
+
+
+def published_ocpi_texts(db: Session, ids: list[str]) -> dict[str, str]:
+    """The published OCPI profiles of ``ids`` as stored JSON text (PostgreSQL's driver hands
+    back decoded JSON, which is encoded again; identical profiles then give identical text)."""
+    out: dict[str, str] = {}
+    raw = sql_cast(Profile.ocpi, Text)  # the stored text, not decoded by the driver
+    if len(ids) > IN_CHUNK * 4:  # most of the table: one scan beats many IN (...) lookups
+        wanted = set(ids)
+        queries = [select(Profile.session_id, raw)]
+    else:
+        wanted = None
+        queries = [
+            select(Profile.session_id, raw).where(Profile.session_id.in_(chunk))
+            for chunk in _chunks(ids)
+        ]
+    for q in queries:
+        for sid, ocpi in db.execute(q):
+            if wanted is None or sid in wanted:
+                out[sid] = ocpi if isinstance(ocpi, str) else dumps(ocpi)
     return out
 
 
 @lru_cache(maxsize=64)
 def _stamp(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class CurtailmentShape:
+    """What a curtailment profile sets, apart from the session's ids: the periods
+    ``[(offset_s, limit_a), ...]`` from ``start``, the duration [s] and ``min_charging_rate``."""
+
+    start: datetime
+    periods: tuple[tuple[int, float], ...]
+    duration_s: int
+    min_rate: float
+
+
+def curtailment_shape(
+    *,
+    start: datetime,
+    until: datetime,
+    limit_a: float,
+    previous: Mapping[str, Any] | None,
+    parsed: tuple[list[tuple[float, float]], float] | None = None,
+) -> CurtailmentShape:
+    """``limit_a`` from ``start`` to ``until``, then the limits of ``previous`` (the OCPI profile
+    published before) until its end. ``parsed``: ``ocpi_segments(previous)`` when known."""
+    t0 = start.timestamp()
+    t_until = until.timestamp()
+    limit = round(float(limit_a), 1)
+    periods: list[tuple[int, float]] = [(0, limit)]
+    end_s = t_until
+    min_rate = limit
+    if previous is not None:
+        segments, prev_end = parsed or ocpi_segments(previous)
+        min_rate = float(previous.get("min_charging_rate", limit))
+        if prev_end > t_until:
+            end_s = prev_end
+            for k, (s, lim) in enumerate(segments):
+                nxt = segments[k + 1][0] if k + 1 < len(segments) else prev_end
+                if nxt <= t_until:
+                    continue
+                offset = round(max(s, t_until) - t0)
+                if lim != periods[-1][1]:
+                    periods.append((offset, float(lim)))
+    return CurtailmentShape(start, tuple(periods), round(end_s - t0), min_rate)
+
+
+def shape_forms(
+    shape: CurtailmentShape, *, session_id: str, evse_id: int, n_phases: int
+) -> dict[str, dict[str, Any]]:
+    """The OCPP 1.6, OCPP 2.0.1 and OCPI profiles of ``shape`` for one session (they replace
+    the published one: same id, ``TxProfile``, stack level 0)."""
+    stamp = _stamp(shape.start)
+    pid = charging_profile_id(session_id)
+    ocpp_periods = [
+        {"startPeriod": s, "limit": lim, "numberPhases": n_phases} for s, lim in shape.periods
+    ]
+    return {
+        "ocpp16": {
+            "connectorId": evse_id,
+            "csChargingProfiles": {
+                "chargingProfileId": pid,
+                "stackLevel": 0,
+                "chargingProfilePurpose": "TxProfile",
+                "chargingProfileKind": "Absolute",
+                "chargingSchedule": {
+                    "duration": shape.duration_s,
+                    "startSchedule": stamp,
+                    "chargingRateUnit": "A",
+                    "chargingSchedulePeriod": ocpp_periods,
+                    "minChargingRate": shape.min_rate,
+                },
+            },
+        },
+        "ocpp201": {
+            "evseId": evse_id,
+            "chargingProfile": {
+                "id": pid,
+                "stackLevel": 0,
+                "chargingProfilePurpose": "TxProfile",
+                "chargingProfileKind": "Absolute",
+                "chargingSchedule": [
+                    {
+                        "id": pid,
+                        "startSchedule": stamp,
+                        "duration": shape.duration_s,
+                        "chargingRateUnit": "A",
+                        "chargingSchedulePeriod": ocpp_periods,
+                        "minChargingRate": shape.min_rate,
+                    }
+                ],
+                "transactionId": session_id,
+            },
+        },
+        "ocpi": {
+            "start_date_time": stamp,
+            "duration": shape.duration_s,
+            "charging_rate_unit": "A",
+            "min_charging_rate": shape.min_rate,
+            "charging_profile_period": [
+                {"start_period": s, "limit": lim} for s, lim in shape.periods
+            ],
+        },
+    }
 
 
 def curtailment_forms(
@@ -483,85 +607,127 @@ def curtailment_forms(
 
     The profile replaces the published one (same id, ``TxProfile``, stack level 0).
     """
-    t0 = start.timestamp()
-    t_until = until.timestamp()
-    limit = round(float(limit_a), 1)
-    periods: list[tuple[int, float]] = [(0, limit)]
-    end_s = t_until
-    min_rate = limit
-    if previous is not None:
-        segments, prev_end = ocpi_segments(previous)
-        min_rate = float(previous.get("min_charging_rate", limit))
-        if prev_end > t_until:
-            end_s = prev_end
-            for k, (s, lim) in enumerate(segments):
-                nxt = segments[k + 1][0] if k + 1 < len(segments) else prev_end
-                if nxt <= t_until:
-                    continue
-                offset = round(max(s, t_until) - t0)
-                if lim != periods[-1][1]:
-                    periods.append((offset, float(lim)))
-    duration = round(end_s - t0)
-    stamp = _stamp(start)
-    pid = charging_profile_id(session_id)
-    ocpp_periods = [
-        {"startPeriod": s, "limit": lim, "numberPhases": n_phases} for s, lim in periods
-    ]
-    return {
-        "ocpp16": {
-            "connectorId": evse_id,
-            "csChargingProfiles": {
-                "chargingProfileId": pid,
-                "stackLevel": 0,
-                "chargingProfilePurpose": "TxProfile",
-                "chargingProfileKind": "Absolute",
-                "chargingSchedule": {
-                    "duration": duration,
-                    "startSchedule": stamp,
-                    "chargingRateUnit": "A",
-                    "chargingSchedulePeriod": ocpp_periods,
-                    "minChargingRate": min_rate,
-                },
-            },
-        },
-        "ocpp201": {
-            "evseId": evse_id,
-            "chargingProfile": {
-                "id": pid,
-                "stackLevel": 0,
-                "chargingProfilePurpose": "TxProfile",
-                "chargingProfileKind": "Absolute",
-                "chargingSchedule": [
-                    {
-                        "id": pid,
-                        "startSchedule": stamp,
-                        "duration": duration,
-                        "chargingRateUnit": "A",
-                        "chargingSchedulePeriod": ocpp_periods,
-                        "minChargingRate": min_rate,
-                    }
-                ],
-                "transactionId": session_id,
-            },
-        },
-        "ocpi": {
-            "start_date_time": stamp,
-            "duration": duration,
-            "charging_rate_unit": "A",
-            "min_charging_rate": min_rate,
-            "charging_profile_period": [{"start_period": s, "limit": lim} for s, lim in periods],
-        },
-    }
+    shape = curtailment_shape(start=start, until=until, limit_a=limit_a, previous=previous)
+    return shape_forms(shape, session_id=session_id, evse_id=evse_id, n_phases=n_phases)
+
+
+@dataclass
+class RenderedShape:
+    """One curtailment shape rendered once for every session that has it."""
+
+    shape: CurtailmentShape
+    changed: bool
+    """False when the published profile already sets these limits (the session is left alone)."""
+    planned_kwh: float | None
+    ocpi_text: str
+    limits_a_text: str
+    ocpp16_head: str
+    ocpp16_tail: str
+    ocpp201_head: str
+    ocpp201_tail: str
+
+    def ocpp16(self, evse_id: int, pid: int) -> str:
+        return f'{{"connectorId":{evse_id},{self.ocpp16_head}{pid}{self.ocpp16_tail}'
+
+    def ocpp201(self, evse_id: int, pid: int, session_id_json: str) -> str:
+        return (
+            f'{{"evseId":{evse_id},"chargingProfile":{{"id":{pid},{self.ocpp201_head}'
+            f'{{"id":{pid},{self.ocpp201_tail}"transactionId":{session_id_json}}}}}'
+        )
+
+
+def render_shape(
+    shape: CurtailmentShape,
+    previous: Mapping[str, Any] | None,
+    n_phases: int,
+    settings: Settings,
+    parsed: tuple[list[tuple[float, float]], float] | None = None,
+) -> RenderedShape:
+    """JSON text of the forms of ``shape`` with holes for the session's ids (filled by
+    :meth:`RenderedShape.ocpp16` / :meth:`RenderedShape.ocpp201`; the result is the same JSON
+    as :func:`shape_forms`, key order included). Written out by hand: for a fleet where every
+    session has its own shape this runs once per session."""
+    stamp = _stamp(shape.start)
+    d = shape.duration_s
+    rate = dumps(shape.min_rate)
+    ocpp_periods = dumps(
+        [{"startPeriod": s, "limit": lim, "numberPhases": n_phases} for s, lim in shape.periods]
+    )
+    ocpi_periods = dumps([{"start_period": s, "limit": lim} for s, lim in shape.periods])
+    ocpi_text = (
+        f'{{"start_date_time":"{stamp}","duration":{d},"charging_rate_unit":"A",'
+        f'"min_charging_rate":{rate},"charging_profile_period":{ocpi_periods}}}'
+    )
+    return RenderedShape(
+        shape=shape,
+        changed=_changes(shape, previous, parsed),
+        planned_kwh=planned_kwh(previous, shape.start, n_phases, settings.voltage_v, parsed),
+        ocpi_text=ocpi_text,
+        limits_a_text=dumps(_step_limits(shape, settings.step_s)),
+        ocpp16_head='"csChargingProfiles":{"chargingProfileId":',
+        ocpp16_tail=(
+            ',"stackLevel":0,"chargingProfilePurpose":"TxProfile",'
+            f'"chargingProfileKind":"Absolute","chargingSchedule":{{"duration":{d},'
+            f'"startSchedule":"{stamp}","chargingRateUnit":"A",'
+            f'"chargingSchedulePeriod":{ocpp_periods},"minChargingRate":{rate}}}}}}}'
+        ),
+        ocpp201_head=(
+            '"stackLevel":0,"chargingProfilePurpose":"TxProfile",'
+            '"chargingProfileKind":"Absolute","chargingSchedule":['
+        ),
+        ocpp201_tail=(
+            f'"startSchedule":"{stamp}","duration":{d},"chargingRateUnit":"A",'
+            f'"chargingSchedulePeriod":{ocpp_periods},"minChargingRate":{rate}}}],'
+        ),
+    )
+
+
+def _step_limits(shape: CurtailmentShape, step_s: int) -> list[float]:
+    """:func:`api.publish.step_limits_a` of the shape's OCPI form [A]."""
+    starts = [s for s, _ in shape.periods]
+    limits = [float(lim) for _, lim in shape.periods]
+    return [limits[bisect_right(starts, j * step_s) - 1] for j in range(shape.duration_s // step_s)]
+
+
+def _changes(
+    shape: CurtailmentShape,
+    previous: Mapping[str, Any] | None,
+    parsed: tuple[list[tuple[float, float]], float] | None = None,
+) -> bool:
+    """:func:`api.publish.same_from_start` of the shape's OCPI form and ``previous``, negated:
+    the curtailment continues ``previous`` after its first period, so it changes nothing only
+    when ``previous`` already holds that limit over the whole first period."""
+    if previous is None:
+        return True
+    limit = shape.periods[0][1]
+    if previous.get("min_charging_rate") != shape.min_rate:
+        return True
+    if previous.get("charging_rate_unit") != "A":
+        return True
+    segments, end = parsed or ocpi_segments(previous)
+    t0 = shape.start.timestamp()
+    t1 = t0 + (shape.periods[1][0] if len(shape.periods) > 1 else shape.duration_s)
+    if segments[0][0] > t0 or end != t0 + shape.duration_s:
+        return True
+    for k, (a, lim) in enumerate(segments):
+        b = segments[k + 1][0] if k + 1 < len(segments) else end
+        if b > t0 and a < t1 and lim != limit:
+            return True
+    return False
 
 
 def planned_kwh(
-    previous: Mapping[str, Any] | None, start: datetime, n_phases: int, v: float
+    previous: Mapping[str, Any] | None,
+    start: datetime,
+    n_phases: int,
+    v: float,
+    parsed: tuple[list[tuple[float, float]], float] | None = None,
 ) -> float | None:
     """Energy the previous profile allowed from ``start`` to its end [kWh] (the no-activation
-    plan of the KPIs)."""
+    plan of the KPIs). ``parsed``: ``ocpi_segments(previous)`` when known."""
     if previous is None:
         return None
-    segments, end = ocpi_segments(previous)
+    segments, end = parsed or ocpi_segments(previous)
     t = start.timestamp()
     total = 0.0
     for k, (s, lim) in enumerate(segments):
@@ -575,103 +741,106 @@ def planned_kwh(
 def publish_curtailments(
     db: Session,
     run_id: int,
-    forms: Mapping[str, Mapping[str, Any]],
-    previous: Mapping[str, Mapping[str, Any]],
+    published: Sequence[tuple[str, int, RenderedShape]],
+    existing: Container[str],
     settings: Settings,
     now: datetime,
 ) -> list[str]:
-    """Publish curtailment profiles into the scheduler's tables, in bulk statements.
+    """Publish curtailment profiles into the scheduler's tables, in bulk.
 
-    The same rows as :func:`api.publish.publish_profiles` writes (a ``profile_changes`` cursor
-    per changed session, the upserted ``profiles`` row, and with ``cpo_url`` an ``outbox`` item
-    superseding older pending ones), with executemany statements instead of ORM objects: for
-    16,000 sessions that is the difference between seconds and a fraction of one. ``run_id`` is
-    the negative activation id. ``previous`` holds the published OCPI profiles; a session whose
+    ``published`` holds ``(session_id, evse_id, rendered shape)``; ``existing`` the sessions
+    that have a published profile. The same rows as :func:`api.publish.publish_profiles`
+    writes (a ``profile_changes`` cursor per changed session, the replaced ``profiles`` row,
+    and with ``cpo_url`` an ``outbox`` item superseding older pending ones), written through
+    :mod:`api.bulk` (encoded once, handed to the driver's ``executemany`` or PostgreSQL
+    ``COPY``): for 16,000 sessions that is the difference between seconds and a fraction of
+    one. Cursors and outbox ids are reserved first, so no row is written twice (the outbox
+    payload holds its own id). ``run_id`` is the negative activation id. A session whose
     profile would not change is left alone. Returns the changed session ids.
     """
-    changed = [
-        sid
-        for sid in sorted(forms)
-        if sid not in previous or not same_from_start(forms[sid]["ocpi"], previous[sid])
-    ]
+    rows = sorted((p for p in published if p[2].changed), key=lambda p: p[0])
+    changed = [sid for sid, _, _ in rows]
     if not changed:
         return []
-    conn = db.connection()  # Core executemany: no ORM bookkeeping per row
+    conn = db.connection()
     changes = cast(Table, ProfileChange.__table__)
-    cursors = dict(
-        (sid, cur)
-        for cur, sid in conn.execute(
-            changes.insert().returning(changes.c.cursor, changes.c.session_id),
-            [{"session_id": sid, "run_id": run_id, "created_at": now} for sid in changed],
-        )
+    profiles = cast(Table, Profile.__table__)
+    outbox = cast(Table, OutboxItem.__table__)
+    cursors = reserve_ids(conn, changes, "cursor", len(changed))
+    insert_rows(
+        conn,
+        changes,
+        ("cursor", "session_id", "run_id", "created_at"),
+        [(cur, sid, run_id, now) for cur, sid in zip(cursors, changed, strict=True)],
     )
-    values = [
-        {
-            "b_sid": sid,
-            "cursor": cursors[sid],
-            "run_id": run_id,
-            "limits_a": step_limits_a(forms[sid]["ocpi"], settings.step_s),
-            "ocpi": forms[sid]["ocpi"],
-            "ocpp16": forms[sid]["ocpp16"],
-            "ocpp201": forms[sid]["ocpp201"],
-            "updated_at": now,
-        }
-        for sid in changed
-    ]
-    old = [v for v in values if v["b_sid"] in previous]
-    new = [v for v in values if v["b_sid"] not in previous]
-    if old:
-        table = cast(Table, Profile.__table__)
-        conn.execute(
-            update(table)
-            .where(table.c.session_id == bindparam("b_sid"))
-            .values({k: bindparam(k) for k in old[0] if k != "b_sid"}),
-            old,
+    profile_rows = []
+    for cur, (sid, evse, r) in zip(cursors, rows, strict=True):
+        pid = charging_profile_id(sid)
+        profile_rows.append(
+            (
+                sid,
+                cur,
+                run_id,
+                Encoded(r.limits_a_text),
+                Encoded(r.ocpi_text),
+                Encoded(r.ocpp16(evse, pid)),
+                Encoded(r.ocpp201(evse, pid, dumps(sid))),
+                now,
+            )
         )
-    if new:
-        conn.execute(
-            cast(Table, Profile.__table__).insert(),
-            [{"session_id": v.pop("b_sid"), **v} for v in new],
-        )
+    insert_rows(
+        conn,
+        profiles,
+        ("session_id", "cursor", "run_id", "limits_a", "ocpi", "ocpp16", "ocpp201", "updated_at"),
+        profile_rows,
+        replace_on="session_id",
+    )
     if settings.cpo_url:
-        for chunk in _chunks(changed):
-            db.execute(
-                update(OutboxItem)
-                .where(OutboxItem.session_id.in_(chunk), OutboxItem.status == "pending")
-                .values(status="superseded", updated_at=now)
-                .execution_options(synchronize_session=False)
-            )
-        table = cast(Table, OutboxItem.__table__)
-        ids = list(
+        supersede = update(outbox).values(status="superseded", updated_at=now)
+        if conn.dialect.name == "postgresql":  # one array parameter, not thousands
             conn.execute(
-                table.insert().returning(table.c.id, table.c.session_id),
-                [
-                    {
-                        "session_id": sid,
-                        "cursor": cursors[sid],
-                        "payload": {},
-                        "status": "pending",
-                        "attempts": 0,
-                        "next_attempt_at": now,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                    for sid in changed
-                ],
+                supersede.where(
+                    outbox.c.session_id == any_(bindparam("ids", changed, type_=ARRAY(String))),
+                    outbox.c.status == "pending",
+                )
             )
-        )
-        base = settings.public_url.rstrip("/")
-        conn.execute(
-            update(table).where(table.c.id == bindparam("b_id")).values(payload=bindparam("p")),
+        else:
+            for chunk in _chunks(changed):
+                conn.execute(
+                    supersede.where(outbox.c.session_id.in_(chunk), outbox.c.status == "pending")
+                )
+        item_ids = reserve_ids(conn, outbox, "id", len(changed))
+        results = dumps(settings.public_url.rstrip("/") + "/v1/profiles/results/")[:-1]
+        insert_rows(
+            conn,
+            outbox,
+            (
+                "id",
+                "session_id",
+                "cursor",
+                "payload",
+                "status",
+                "attempts",
+                "next_attempt_at",
+                "created_at",
+                "updated_at",
+            ),
             [
-                {
-                    "b_id": item_id,
-                    "p": {
-                        "charging_profile": forms[sid]["ocpi"],
-                        "response_url": f"{base}/v1/profiles/results/{item_id}",
-                    },
-                }
-                for item_id, sid in ids
+                (
+                    item_id,
+                    sid,
+                    cur,
+                    # {"charging_profile": <OCPI>, "response_url": ".../results/<id>"}
+                    Encoded(
+                        f'{{"charging_profile":{r.ocpi_text},"response_url":{results}{item_id}"}}'
+                    ),
+                    "pending",
+                    0,
+                    now,
+                    now,
+                    now,
+                )
+                for item_id, cur, (sid, _evse, r) in zip(item_ids, cursors, rows, strict=True)
             ],
         )
     return changed
@@ -799,40 +968,71 @@ def run_activation(
     )
     db.add(activation)
     db.flush()
-    previous = published_ocpi(db, ids)
-    forms: dict[str, dict[str, Any]] = {}
-    curtailments = []
-    until_s = act.duration_s
+    # Sessions with the same published profile, restore time, minimum and phases get the same
+    # curtailment shape: it is computed and encoded once, each session only adds its ids.
+    texts = published_ocpi_texts(db, ids)
+    decoded: dict[str, dict[str, Any]] = {}
+    shapes: dict[tuple[str | None, float, float, int], RenderedShape] = {}
+    untils: dict[float, datetime] = {}
+    published: list[tuple[str, int, RenderedShape]] = []
+    curtailments: list[tuple[Any, ...]] = []
+    duration_s = act.duration_s.tolist()
+    n_phases = fleet.n_phases.astype(int).tolist()
+    min_a = fleet.min_a.tolist()
+    evse = fleet.evse.tolist()
+    i_now_a = fleet.i_now_a.tolist()
+    release_kw = act.release_kw.tolist()
+    kwh = fleet.kwh.tolist()
     for k in chosen.tolist():
         sid = fleet.ids[k]
-        until = now + timedelta(seconds=float(until_s[k]))
-        prev = previous.get(sid)
-        forms[sid] = curtailment_forms(
-            session_id=sid,
-            evse_id=int(fleet.evse[k]),
-            n_phases=int(fleet.n_phases[k]),
-            start=now,
-            until=until,
-            limit_a=float(fleet.min_a[k]),
-            previous=prev,
-        )
+        d = float(duration_s[k])
+        until = untils.get(d) or untils.setdefault(d, now + timedelta(seconds=d))
+        prev_text = texts.get(sid)
+        key = (prev_text, d, min_a[k], n_phases[k])
+        r = shapes.get(key)
+        if r is None:
+            prev = None
+            if prev_text is not None:
+                prev = decoded.get(prev_text) or decoded.setdefault(prev_text, loads(prev_text))
+            parsed = None if prev is None else ocpi_segments(prev)
+            shape = curtailment_shape(
+                start=now, until=until, limit_a=min_a[k], previous=prev, parsed=parsed
+            )
+            r = shapes[key] = render_shape(shape, prev, n_phases[k], settings, parsed)
+        published.append((sid, evse[k], r))
         curtailments.append(
-            {
-                "activation_id": activation.id,
-                "session_id": sid,
-                "region": fleet.region[k],
-                "start": now,
-                "until": until,
-                "limit_a": float(fleet.min_a[k]),
-                "current_before_a": float(fleet.i_now_a[k]),
-                "released_kw": float(act.release_kw[k]),
-                "kwh_at_signal": float(fleet.kwh[k]),
-                "planned_kwh": planned_kwh(prev, now, int(fleet.n_phases[k]), settings.voltage_v),
-            }
+            (
+                activation.id,
+                sid,
+                fleet.region[k],
+                now,
+                until,
+                min_a[k],
+                i_now_a[k],
+                release_kw[k],
+                kwh[k],
+                r.planned_kwh,
+            )
         )
     if curtailments:
-        db.connection().execute(cast(Table, DrCurtailment.__table__).insert(), curtailments)
-        publish_curtailments(db, -activation.id, forms, previous, settings, now)
+        insert_rows(
+            db.connection(),
+            cast(Table, DrCurtailment.__table__),
+            (
+                "activation_id",
+                "session_id",
+                "region",
+                "start",
+                "until",
+                "limit_a",
+                "current_before_a",
+                "released_kw",
+                "kwh_at_signal",
+                "planned_kwh",
+            ),
+            curtailments,
+        )
+        publish_curtailments(db, -activation.id, published, texts, settings, now)
     signal.status = "relayed"
     signal.decided_at = now
     signal.decided_by = actor
@@ -928,7 +1128,9 @@ def receive_signal(
         out = response_of(signal, activation)
     SIGNALS.labels("received").inc()
     if activation is not None:
-        _count(activation, time.perf_counter() - t0)
+        elapsed = time.perf_counter() - t0
+        out["committed_s"] = round(elapsed, 4)
+        _count(activation, elapsed)
     return out, activation is not None
 
 
@@ -971,7 +1173,9 @@ def relay_signal(
         signal.decision_reason = reason or "relayed by an operator"
         activation = run_activation(db, settings, signal, now, "manual", actor_of(principal), t0)
         out = response_of(signal, activation)
-    _count(activation, time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
+    out["committed_s"] = round(elapsed, 4)
+    _count(activation, elapsed)
     return out
 
 

@@ -5,7 +5,8 @@
    power), median of repeated runs; then rendering the three profile forms (OCPP 1.6, OCPP
    2.0.1, OCPI) of every curtailed session. The reference solved in the same run is the same
    decision written as a per-session Python loop, so the ratio is comparable across machines.
-2. **Through HTTP** (target ≤ 1 s): ``gridcharge serve`` (SQLite, background loops off) with a
+2. **Through HTTP** (target ≤ 1 s): ``gridcharge serve`` (SQLite, and PostgreSQL with
+   ``--pg-url``; background loops off) with a
    16,000-connector topology, 16,000 active sessions and their published profiles; one
    ``POST /v1/demand-response/signals`` with auto-relay on, timed at the client: it reads the
    fleet, decides, and commits the activation, the curtailments, the profiles, the profile
@@ -13,7 +14,9 @@
 
 Results are appended to ``docs/BENCHMARKS.md`` and ``docs/benchmarks.json``.
 
-Usage: ``python -m benchmarks.dr [--sessions 16000] [--repeat 20]``.
+Usage: ``python -m benchmarks.dr [--sessions 16000] [--repeat 20] [--pg-url URL]`` (``URL`` of a
+PostgreSQL server where the benchmark may create and drop a database; defaults to
+``$GRIDCHARGE_TEST_DATABASE_URL``).
 """
 
 from __future__ import annotations
@@ -130,14 +133,19 @@ def bench_in_process(n: int, repeat: int) -> dict[str, Any]:
     }
 
 
-def seed_database(url: str, n: int, now: datetime) -> dict[str, str]:
+def seed_database(url: str, n: int, now: datetime, distinct: bool = False) -> dict[str, str]:
     """Topology of ``n`` connectors, one active session on each (6-16 A now) and a published
-    profile per session; returns API keys."""
+    profile per session; returns API keys.
+
+    The published profile holds the session's current for 4 hours; with ``distinct`` it
+    changes every 15 minutes (random 6-32 A), so no two sessions share a curtailment shape
+    (the worst case for :func:`api.dr.run_activation`, which renders each shape once)."""
     from sqlalchemy import insert
 
     from api.db import make_engine, make_sessionmaker, migrate, transaction
     from api.dr import curtailment_forms
     from api.models import ChargingSession, Profile, ProfileChange
+    from api.publish import step_limits_a
     from api.security import create_key
     from api.topology import upsert_topology
     from simulation.fleet import generate_scenario
@@ -175,21 +183,33 @@ def seed_database(url: str, n: int, now: datetime) -> dict[str, str]:
                 "raw": {},
             }
         )
+        previous = None
+        if distinct:
+            limits = [round(float(x), 1) for x in rng.uniform(6.0, 32.0, 16)]
+            previous = {
+                "start_date_time": grid.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "duration": 4 * 3600,
+                "charging_rate_unit": "A",
+                "min_charging_rate": 6.0,
+                "charging_profile_period": [
+                    {"start_period": 900 * j, "limit": lim} for j, lim in enumerate(limits)
+                ],
+            }
         forms = curtailment_forms(
             session_id=sid,
             evse_id=pos,
             n_phases=3,
             start=grid,
-            until=grid + timedelta(hours=4),
+            until=grid + timedelta(minutes=15) if distinct else grid + timedelta(hours=4),
             limit_a=round(i_a, 1),
-            previous=None,
+            previous=previous,
         )
         profiles.append(
             {
                 "session_id": sid,
                 "cursor": k + 1,
                 "run_id": 1,
-                "limits_a": [round(i_a, 1)] * 16,
+                "limits_a": step_limits_a(forms["ocpi"], 900),
                 "updated_at": now,
                 **forms,
             }
@@ -203,14 +223,30 @@ def seed_database(url: str, n: int, now: datetime) -> dict[str, str]:
     return keys
 
 
-def bench_http(n: int) -> dict[str, Any]:
+def bench_http(n: int, pg_url: str | None = None, distinct: bool = False) -> dict[str, Any]:
+    """One signal through HTTP; on a new SQLite file, or with ``pg_url`` (an existing
+    PostgreSQL server, e.g. from ``.ci/postgres.sh``) on a new database there; ``distinct``:
+    every session has its own published profile (see :func:`seed_database`)."""
     from optimizer.demo import start_service
 
-    tmp = Path(tempfile.mkdtemp())
-    url_db = f"sqlite:///{tmp / 'dr.db'}"
+    if pg_url:
+        import uuid
+
+        from sqlalchemy import create_engine as _ce
+        from sqlalchemy import text as _text
+
+        name = f"gc_drbench_{uuid.uuid4().hex[:8]}"
+        admin = _ce(pg_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(_text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+        url_db = pg_url.rsplit("/", 1)[0] + f"/{name}"
+    else:
+        tmp = Path(tempfile.mkdtemp())
+        url_db = f"sqlite:///{tmp / 'dr.db'}"
     now = datetime.now(UTC)
     t0 = time.perf_counter()
-    keys = seed_database(url_db, n, now)
+    keys = seed_database(url_db, n, now, distinct)
     seed_s = time.perf_counter() - t0
     os.environ["GRIDCHARGE_CPO_URL"] = "http://127.0.0.1:9/ocpi/cpo/2.2.1/chargingprofiles"
     try:
@@ -224,9 +260,11 @@ def bench_http(n: int) -> dict[str, Any]:
             c.put(
                 "/v1/demand-response/policy", json={"auto_relay": True}, headers=h_op
             ).raise_for_status()
+            load_before = os.getloadavg()[0]
             t0 = time.perf_counter()
             r = c.post("/v1/demand-response/signals", json={"reason": "bench"}, headers=h_brp)
             wall_ms = (time.perf_counter() - t0) * 1e3
+            load_after = os.getloadavg()[0]
             r.raise_for_status()
             out = r.json()
     finally:
@@ -238,14 +276,23 @@ def bench_http(n: int) -> dict[str, Any]:
     with eng.connect() as conn:
         outbox = conn.execute(text("SELECT count(*) FROM outbox")).scalar()
     eng.dispose()
+    if pg_url:
+        admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{url_db.rsplit("/", 1)[1]}"'))
+        admin.dispose()
     return {
+        "database": ("postgresql" if pg_url else "sqlite")
+        + (", every profile distinct" if distinct else ""),
         "sessions": n,
         "seed_s": round(seed_s, 1),
+        "load_1min": [round(load_before, 2), round(load_after, 2)],
         "curtailed": out["sessions_curtailed"],
         "skipped": out["skipped"],
         "released_kw": out["released_kw"],
         "http_ms": round(wall_ms, 1),
         "server_ms": round(out["activation"]["time_s"] * 1e3, 1),
+        "committed_ms": round(out.get("committed_s", out["activation"]["time_s"]) * 1e3, 1),
         "outbox_items": outbox,
     }
 
@@ -254,40 +301,67 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sessions", type=int, default=16000)
     ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument(
+        "--pg-url",
+        default=os.environ.get("GRIDCHARGE_TEST_DATABASE_URL"),
+        help="PostgreSQL server for a second HTTP run (default: $GRIDCHARGE_TEST_DATABASE_URL)",
+    )
     args = ap.parse_args()
     proc_row = bench_in_process(args.sessions, args.repeat)
     print(json.dumps(proc_row), flush=True)
-    http_row = bench_http(args.sessions)
-    print(json.dumps(http_row), flush=True)
+    http_rows = []
+    for pg_url in [None, args.pg_url] if args.pg_url else [None]:
+        for distinct in (False, True):
+            http_rows.append(bench_http(args.sessions, pg_url, distinct))
+            print(json.dumps(http_rows[-1]), flush=True)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     where = machine()
-    ratio = http_row["http_ms"] / proc_row["fastpath_ms"]
-    section = "\n".join(
-        [
-            f"### Demand response, run {when}\n",
-            f"Machine: {where}. {args.sessions:,} active sessions. Targets: in process ≤ 50 ms; "
-            "through HTTP incl. persistence and outbox ≤ 1 s. Reference in the same run: the "
-            "same decision as a per-session Python loop.\n",
-            "| step | sessions curtailed | time ms | ratio |",
-            "|---|---|---|---|",
-            f"| fast path (`activate`, median of {args.repeat}) | {proc_row['curtailed']:,} | "
-            f"{proc_row['fastpath_ms']} | 1 |",
-            f"| per-session loop reference | {proc_row['curtailed']:,} | "
-            f"{proc_row['loop_reference_ms']} | {proc_row['speedup_vs_loop']} × slower |",
-            f"| render OCPP 1.6 / 2.0.1 / OCPI forms | {proc_row['curtailed']:,} | "
-            f"{proc_row['render_forms_ms']} | |",
-            f"| HTTP `POST /v1/demand-response/signals`, committed (client wall) | "
-            f"{http_row['curtailed']:,} | {http_row['http_ms']} | {ratio:.0f} × fast path |",
-            f"| of which inside the server (read fleet, decide, write) | "
-            f"{http_row['curtailed']:,} | {http_row['server_ms']} | |",
-            "",
-            f"Released: {proc_row['released_kw']:,} kW in process (loop reference "
-            f"{proc_row['reference_released_kw']:,} kW); {http_row['released_kw']:,} kW through "
-            f"HTTP with {http_row['outbox_items']:,} outbox items written.",
+    lines = [
+        f"### Demand response, run {when}\n",
+        f"Machine: {where}. {args.sessions:,} active sessions. Targets: in process ≤ 50 ms; "
+        "through HTTP incl. persistence and outbox ≤ 1 s. Reference in the same run: the "
+        "same decision as a per-session Python loop.\n",
+        "| step | sessions curtailed | time ms | ratio |",
+        "|---|---|---|---|",
+        f"| fast path (`activate`, median of {args.repeat}) | {proc_row['curtailed']:,} | "
+        f"{proc_row['fastpath_ms']} | 1 |",
+        f"| per-session loop reference | {proc_row['curtailed']:,} | "
+        f"{proc_row['loop_reference_ms']} | {proc_row['speedup_vs_loop']} × slower |",
+        f"| render OCPP 1.6 / 2.0.1 / OCPI forms | {proc_row['curtailed']:,} | "
+        f"{proc_row['render_forms_ms']} | |",
+    ]
+    for row in http_rows:
+        db = row["database"]
+        ratio = row["http_ms"] / proc_row["fastpath_ms"]
+        lines += [
+            f"| HTTP `POST /v1/demand-response/signals` on {db}, committed (client wall) | "
+            f"{row['curtailed']:,} | {row['http_ms']} | {ratio:.0f} × fast path |",
+            f"| of which in the server, signal to committed ({db}) | {row['curtailed']:,} | "
+            f"{row['committed_ms']} | |",
+            f"| of which before the commit (read fleet, decide, write; {db}) | "
+            f"{row['curtailed']:,} | {row['server_ms']} | |",
         ]
+    loads = "; ".join(
+        f"{r['database']} {r['load_1min'][0]} before / {r['load_1min'][1]} after" for r in http_rows
     )
+    lines += [
+        "",
+        f"Released: {proc_row['released_kw']:,} kW in process (loop reference "
+        f"{proc_row['reference_released_kw']:,} kW); "
+        + "; ".join(
+            f"{r['released_kw']:,} kW through HTTP on {r['database']} with "
+            f"{r['outbox_items']:,} outbox items written"
+            for r in http_rows
+        )
+        + f". Load average (1 min) around the HTTP request: {loads} (on {os.cpu_count()} cores).",
+    ]
     append_results(
-        section, {"when": when, "machine": where, "dr": {"in_process": proc_row, "http": http_row}}
+        "\n".join(lines),
+        {
+            "when": when,
+            "machine": where,
+            "dr": {"in_process": proc_row, "http": http_rows[0], "http_all": http_rows},
+        },
     )
 
 

@@ -1,0 +1,176 @@
+"""Bulk writes of many rows inside the caller's transaction, through the DB-API cursor.
+
+For tens of thousands of rows SQLAlchemy's per-row parameter handling (bind processors, JSON
+encoding with the standard library, parameter dictionaries) costs several times the database's
+own work. These helpers encode every value once, in plain tuples, and hand them to the driver:
+``executemany`` on SQLite, ``COPY ... FROM STDIN`` on PostgreSQL. They write exactly what the
+ORM would (same columns, same stored representation: JSON text, UTC datetimes through the
+column type's own bind processor), inside the caller's transaction, so a failure rolls back
+everything with the rest of it.
+
+Keys of ``autoincrement`` columns that the caller needs before the insert (a cursor that goes
+into another row, an outbox id that goes into its own payload) are reserved with
+:func:`reserve_ids`: the table's sequence on PostgreSQL, ``max + 1 ...`` on SQLite (what SQLite
+itself would assign; the write transaction holds the database's only write lock by then).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any, cast
+
+import orjson
+from sqlalchemy import JSON, Connection, Table, text
+
+from api.db import UTCDateTime
+
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
+def dumps(value: Any) -> str:
+    """JSON text of ``value`` as the standard library writes it (orjson when it can: it is an
+    order of magnitude faster; ``json.dumps`` for what orjson refuses, and for non-finite
+    floats, which orjson would turn into ``null``)."""
+    try:
+        out = orjson.dumps(value, option=_ORJSON_OPTIONS)
+    except TypeError:
+        return json.dumps(value)
+    if b"null" in out and _has_non_finite(value):
+        return json.dumps(value)
+    return out.decode()
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return value != value or value in (float("inf"), float("-inf"))
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite(v) for v in value)
+    return False
+
+
+def loads(value: Any) -> Any:
+    """A JSON column's value as read through the driver: text on SQLite (decoded here), already
+    decoded on PostgreSQL."""
+    if isinstance(value, str | bytes):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return json.loads(value)  # NaN/Infinity written by the standard library
+    return value
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _encoder(conn: Connection, table: Table, name: str) -> Callable[[Any], Any]:
+    """Function turning a Python value of column ``name`` into what the driver gets."""
+    col = table.c[name]
+    dialect = conn.dialect
+    if isinstance(col.type, JSON):
+        return lambda v: None if v is None else dumps(v)
+    proc = col.type.dialect_impl(dialect).bind_processor(dialect)
+    if proc is None:
+        return _identity
+    if isinstance(col.type, UTCDateTime):
+        cache: dict[datetime, Any] = {}
+
+        def dt(v: datetime | None) -> Any:
+            if v is None:
+                return None
+            out = cache.get(v)
+            if out is None:
+                out = cache[v] = proc(v)
+            return out
+
+        return dt
+    return cast(Callable[[Any], Any], proc)
+
+
+def insert_rows(
+    conn: Connection,
+    table: Table,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    replace_on: str | None = None,
+) -> int:
+    """Insert ``rows`` (tuples in the order of ``columns``, Python values); returns the count.
+
+    JSON columns take Python objects (or text already encoded with :func:`dumps`, given as
+    :class:`Encoded`); datetime columns aware datetimes. Python-side column defaults (the ORM's
+    ``default=``) are not applied: give every column that may not be null.
+
+    With ``replace_on`` (a unique column among ``columns``) a row replaces the stored row with
+    the same value: ``INSERT ... ON CONFLICT DO UPDATE`` on SQLite (the row is rewritten in
+    place), ``DELETE`` then ``COPY`` on PostgreSQL (``COPY`` cannot upsert); columns not given
+    keep their value on SQLite and get their default on PostgreSQL, so give them all.
+    """
+    rows = list(rows)
+    if not rows:
+        return 0
+    encoded_columns = []
+    for k, name in enumerate(columns):
+        enc = _encoder(conn, table, name)
+        values = [row[k] for row in rows]
+        if enc is not _identity:
+            values = [v.text if isinstance(v, Encoded) else enc(v) for v in values]
+        encoded_columns.append(values)
+    data = list(zip(*encoded_columns, strict=True))
+    if not data:
+        return 0
+    cols_q = [conn.dialect.identifier_preparer.quote(c) for c in columns]
+    cols = ", ".join(cols_q)
+    name = conn.dialect.identifier_preparer.format_table(table)
+    if conn.dialect.name == "postgresql":
+        if replace_on is not None:
+            k = list(columns).index(replace_on)
+            keys = [row[k] for row in data]
+            conn.execute(text(f"DELETE FROM {name} WHERE {cols_q[k]} = ANY(:keys)"), {"keys": keys})
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        with raw.cursor() as cur, cur.copy(f"COPY {name} ({cols}) FROM STDIN") as copy:
+            for row in data:
+                copy.write_row(row)
+    else:
+        marks = ", ".join("?" if conn.dialect.paramstyle == "qmark" else "%s" for _ in columns)
+        sql = f"INSERT INTO {name} ({cols}) VALUES ({marks})"
+        if replace_on is not None:
+            quote = conn.dialect.identifier_preparer.quote
+            sets = ", ".join(
+                f"{quote(c)} = excluded.{quote(c)}" for c in columns if c != replace_on
+            )
+            sql += f" ON CONFLICT ({quote(replace_on)}) DO UPDATE SET {sets}"
+        conn.exec_driver_sql(sql, data)
+    return len(data)
+
+
+class Encoded:
+    """JSON text already encoded (with :func:`dumps`), passed through :func:`insert_rows` as is."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, value: str) -> None:
+        self.text = value
+
+
+def reserve_ids(conn: Connection, table: Table, column: str, n: int) -> list[int]:
+    """``n`` new values of the autoincrement ``column``, increasing, for rows inserted in this
+    transaction with explicit keys."""
+    if n <= 0:
+        return []
+    name = conn.dialect.identifier_preparer.format_table(table)
+    if conn.dialect.name == "postgresql":
+        values = conn.execute(
+            text("SELECT nextval(pg_get_serial_sequence(:t, :c)) FROM generate_series(1, :n)"),
+            {"t": table.name, "c": column, "n": n},
+        ).scalars()
+        return sorted(int(v) for v in values)
+    col = conn.dialect.identifier_preparer.quote(column)
+    top = conn.exec_driver_sql(f"SELECT coalesce(max({col}), 0) FROM {name}").scalar()
+    first = int(top or 0) + 1
+    return list(range(first, first + n))
