@@ -284,7 +284,11 @@ class PartitionedTwin:
     book, warm : KeyBook, WarmState, optional
         For a live engine (:class:`optimizer.engine.LiveEngine`): stable names, and what the
         previous solve left. A part equal to a previous one keeps its solution without a
-        solve; a changed part starts from the previous basis (:mod:`optimizer.warm`).
+        solve; a part with the same shape is updated in place and re-solved from its basis;
+        a part whose shape changed is solved cold (with presolve), or with ``map_bases`` from
+        the previous basis matched by key (:mod:`optimizer.warm`).
+    map_bases : bool
+        Start reshaped parts from a mapped basis instead of cold.
     """
 
     name = "highs"
@@ -299,8 +303,10 @@ class PartitionedTwin:
         scheduler: str | None = None,
         book: KeyBook | None = None,
         warm: WarmState | None = None,
+        map_bases: bool = False,
     ) -> None:
         t0 = time.perf_counter()
+        self.map_bases = map_bases
         self.p = problem
         labels = pack_parts(session_components(problem), self._vars_per_session())
         self.parts = split_problem(problem, labels)
@@ -366,12 +372,15 @@ class PartitionedTwin:
             inplace = bool(same) and self.parts[k].problem.binary_vars.size == 0
             if inplace:
                 taken.add(j)
+            # another shape: a basis mapped by key only when asked for (HiGHS skips presolve
+            # when it starts from a basis, which measured slower than a cold solve at scale)
+            keep = usable and (inplace or self.map_bases)
             solvers.append(
                 _LazyTwin(
                     pt.problem,
                     options,
                     keys=self.keys[k],
-                    prior=prior if usable else None,
+                    prior=prior if keep else None,
                     inplace=inplace,
                 )
             )

@@ -5,8 +5,10 @@ leaves, a departure prediction moves, a demand-response step or a new DSO profil
 limit, the grid rolls forward by a step. :class:`LiveEngine` solves each new network with the
 same method as a cold solve (greedy anchor, LP in windows, checks; :mod:`optimizer.solve`), but
 the independent parts (:mod:`optimizer.decompose`) that did not change keep their solution
-without a solve, and the parts that did start from the previous basis, matched by stable keys
-(:mod:`optimizer.warm`). Its schedules equal a cold solve's up to the solver's tolerances.
+without a solve, parts whose bounds, costs or limits changed are updated in place and re-solved
+from their basis, and parts whose shape changed are solved cold (or, with ``map_bases``, from
+the previous basis matched by stable keys, :mod:`optimizer.warm`). Its schedules equal a cold
+solve's up to the solver's tolerances.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ class LiveEngine:
     time_limit_s : float | None
         Budget of each solve [s]; beyond it the greedy schedule is published (``fallback``).
     weights : Weights | None
+    map_bases : bool
+        When a part's shape changed (arrival, departure, new prediction, rolled grid), start
+        it from the previous basis matched by key instead of cold. HiGHS skips presolve when
+        it starts from a basis; at 16,000 connectors that measured slower than a cold solve
+        (docs/BENCHMARKS.md), so it is off by default.
     """
 
     def __init__(
@@ -44,19 +51,21 @@ class LiveEngine:
         scheduler: str | None = None,
         time_limit_s: float | None = None,
         weights: Weights | None = None,
+        map_bases: bool = False,
     ) -> None:
+        self.map_bases = map_bases
         self.workers = workers
         self.scheduler = scheduler
         self.time_limit_s = time_limit_s
         self.weights = weights
-        self.live = LiveState()
+        self.live = LiveState(map_bases=map_bases)
         self._lock = threading.Lock()
 
     def solve(self, net: Network, method: str = "lp") -> dict[str, Any]:
         """The schedule of ``net`` (``docs/formats.md``); ``lp`` solves warm."""
         with self._lock:
             if len(self.live.book.ids) > MAX_NAMES:
-                self.live = LiveState()
+                self.live = LiveState(map_bases=self.map_bases)
             return solve_network(
                 net,
                 method,
@@ -70,4 +79,4 @@ class LiveEngine:
     def reset(self) -> None:
         """Forget the solver state (the next solve is cold)."""
         with self._lock:
-            self.live = LiveState()
+            self.live = LiveState(map_bases=self.map_bases)

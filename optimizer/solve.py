@@ -48,6 +48,8 @@ class LiveState:
 
     book: KeyBook = field(default_factory=KeyBook)
     warm: WarmState | None = None
+    map_bases: bool = False
+    """Start parts whose shape changed from the old basis matched by key (else cold)."""
 
 
 def make_twin(
@@ -74,6 +76,7 @@ def make_twin(
             scheduler=scheduler,
             book=live.book if live else None,
             warm=live.warm if live else None,
+            map_bases=live.map_bases if live else False,
         )
     if backend == "pyomo":
         from optimizer.lp_pyomo import PyomoTwin

@@ -111,7 +111,7 @@ def solved(engine: LiveEngine, raw: dict[str, Any]) -> dict[str, Any]:
 def test_warm_resolve_equals_a_cold_solve(change: Change, expect: str) -> None:
     raw = base()
     assert any(p.get("cap_kw") for p in raw["dso_profiles"])
-    engine = LiveEngine(workers=2)
+    engine = LiveEngine(workers=2, map_bases=True)
     solved(engine, raw)
     changed = copy.deepcopy(raw)
     change(changed)
@@ -143,9 +143,10 @@ def test_same_network_again_reuses_every_part() -> None:
     assert again["sessions"] == first_["sessions"]
 
 
-def test_a_chain_of_changes_stays_equal_to_cold_solves() -> None:
+@pytest.mark.parametrize("map_bases", [False, True])
+def test_a_chain_of_changes_stays_equal_to_cold_solves(map_bases: bool) -> None:
     raw = base(9)
-    engine = LiveEngine(workers=2)
+    engine = LiveEngine(workers=2, map_bases=map_bases)
     solved(engine, raw)
     for change in (more_energy, cap_step, arrival, earlier_departure, roll, departure):
         change(raw)
@@ -177,3 +178,15 @@ def test_the_engine_starts_afresh_when_it_remembers_too_many_names(
     again = solved(engine, raw)
     assert again["solver"]["parts_by_start"]["cold"] == again["solver"]["parts"]
     assert len(engine.live.book.ids) > 1  # the new book holds this solve's names
+
+
+def test_by_default_a_reshaped_part_is_solved_cold_and_a_rebounded_one_in_place() -> None:
+    raw = base()
+    engine = LiveEngine(workers=2)
+    solved(engine, raw)
+    earlier_departure(raw)  # a new shape in the capped region
+    by_start = solved(engine, raw)["solver"]["parts_by_start"]
+    assert by_start["mapped"] == 0 and by_start["cold"] >= 1 and by_start["reused"] >= 1
+    more_energy(raw)  # same shape, other bounds
+    by_start = solved(engine, raw)["solver"]["parts_by_start"]
+    assert by_start["inplace"] >= 1 and by_start["mapped"] == 0
