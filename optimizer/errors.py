@@ -10,15 +10,15 @@ class GridchargeError(Exception):
     """Base class of every error gridcharge raises on purpose."""
 
 
-class ScenarioError(GridchargeError, ValueError):
-    """A scenario that cannot be scheduled as written.
+class FieldError(GridchargeError, ValueError):
+    """Input with one offending field; the message is ``field: reason (got value)``.
 
     Parameters
     ----------
     field : str
         Path of the offending field, e.g. ``sessions[3].energy_kwh``.
     value : object
-        The offending value.
+        The offending value (a numpy scalar is shown as its Python value).
     reason : str
         What is wrong with it.
     """
@@ -27,10 +27,17 @@ class ScenarioError(GridchargeError, ValueError):
         self.field = field
         self.value = value
         self.reason = reason
+        item = getattr(value, "item", None)
+        if callable(item) and getattr(value, "shape", None) == ():  # numpy scalar
+            value = item()
         shown = repr(value)
         if len(shown) > 80:
             shown = shown[:77] + "..."
         super().__init__(f"{field}: {reason} (got {shown})")
+
+
+class ScenarioError(FieldError):
+    """A scenario that cannot be scheduled as written."""
 
 
 class UnknownReference(ScenarioError):
