@@ -528,21 +528,24 @@ def _insert_state_statement(dialect: str) -> Any:
     stmt = _INSERT_STATE.get(dialect)
     if stmt is None:
         table = _states_table()
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            base: Any = pg_insert(table)
-        elif dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-            base = sqlite_insert(table)
-        else:  # pragma: no cover - the service supports SQLite and PostgreSQL only
-            raise NotImplementedError(f"database dialect {dialect!r} is not supported")
-        stmt = base.on_conflict_do_nothing(index_elements=["session_id", "timestamp"]).returning(
-            table.c.id
-        )
+        stmt = _insert_new_states(table, dialect).returning(table.c.id)
         _INSERT_STATE[dialect] = stmt
     return stmt
+
+
+def _insert_new_states(table: Table, dialect: str) -> Any:
+    """``INSERT ... ON CONFLICT (session_id, timestamp) DO NOTHING`` in the database's dialect."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        base: Any = pg_insert(table)
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        base = sqlite_insert(table)
+    else:  # pragma: no cover - the service supports SQLite and PostgreSQL only
+        raise NotImplementedError(f"database dialect {dialect!r} is not supported")
+    return base.on_conflict_do_nothing(index_elements=["session_id", "timestamp"])
 
 
 def _load_known(db: Session, ids: Sequence[str], chunk: int = 900) -> dict[str, _Known]:
@@ -568,18 +571,7 @@ def _insert_states(
     if not states:
         return set()
     table = _states_table()
-    dialect = db.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        base: Any = pg_insert(table)
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        base = sqlite_insert(table)
-    else:  # pragma: no cover - the service supports SQLite and PostgreSQL only
-        raise NotImplementedError(f"database dialect {dialect!r} is not supported")
-    stmt = base.on_conflict_do_nothing(index_elements=["session_id", "timestamp"]).returning(
+    stmt = _insert_new_states(table, db.get_bind().dialect.name).returning(
         table.c.session_id, table.c.timestamp
     )
     rows = [
