@@ -85,6 +85,20 @@ from optimizer.scenario import parse_scenario
 
 log = logging.getLogger(__name__)
 
+CURTAILMENT_COLUMNS = (
+    "activation_id",
+    "session_id",
+    "region",
+    "start",
+    "until",
+    "limit_a",
+    "current_before_a",
+    "released_kw",
+    "kwh_at_signal",
+    "planned_kwh",
+)
+"""Columns of a bulk-written :class:`~api.models_dr.DrCurtailment` row, in row order."""
+
 SIGNALS = Counter(
     "gridcharge_dr_signals", "Demand-response signals by outcome", ["outcome"], registry=REGISTRY
 )
@@ -1018,18 +1032,7 @@ def run_activation(
         insert_rows(
             db.connection(),
             cast(Table, DrCurtailment.__table__),
-            (
-                "activation_id",
-                "session_id",
-                "region",
-                "start",
-                "until",
-                "limit_a",
-                "current_before_a",
-                "released_kw",
-                "kwh_at_signal",
-                "planned_kwh",
-            ),
+            CURTAILMENT_COLUMNS,
             curtailments,
         )
         publish_curtailments(db, -activation.id, published, texts, settings, now)

@@ -92,18 +92,7 @@ def test_bulk_rows_read_back_like_orm_rows(bulk_factory: sessionmaker[Session]) 
         insert_rows(
             conn,
             curtail,
-            (
-                "activation_id",
-                "session_id",
-                "region",
-                "start",
-                "until",
-                "limit_a",
-                "current_before_a",
-                "released_kw",
-                "kwh_at_signal",
-                "planned_kwh",
-            ),
+            dr.CURTAILMENT_COLUMNS,
             [(1, "b-1", None, T0, T0 + timedelta(minutes=15), 8.0, 16.0, 5.52, 3.0, None)],
         )
     with transaction(bulk_factory) as db:
