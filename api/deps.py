@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Iterator
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
@@ -99,3 +100,28 @@ def check_region(principal: Principal, region: str) -> None:
         raise HTTPException(
             status.HTTP_403_FORBIDDEN, f"region: key {principal.prefix}… may not act on {region!r}"
         )
+
+
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+"""Instants the service accepts in query parameters (local days and settlement periods exist)."""
+
+
+def instant(value: str | None, field: str) -> datetime | None:
+    """An ISO-8601 instant with a UTC offset between 2000 and 2100, else 422 naming ``field``."""
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise HTTPException(422, f"{field}: not an ISO-8601 date-time (got {value!r})") from None
+    if when.tzinfo is None:
+        raise HTTPException(422, f"{field}: needs a UTC offset (got {value!r})")
+    return in_range(field, when)
+
+
+def in_range(field: str, when: datetime) -> datetime:
+    """``when`` if it lies in 2000-2100, else 422 naming ``field``."""
+    if not EARLIEST <= when < LATEST:
+        raise HTTPException(422, f"{field}: must lie in 2000-2100 (got {when.isoformat()})")
+    return when

@@ -4,7 +4,7 @@ log, flexibility and driver-impact KPIs (``docs/demand-response.md``)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, status
@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api import dr
 from api.db import transaction, utcnow
-from api.deps import DbDep, SettingsDep, require
+from api.deps import DbDep, SettingsDep, in_range, instant, require
 from api.models_dr import DrActivation, DrContractRule, DrSignal
 from api.security import Principal
 from api.sessions import UtcDateTime
@@ -89,28 +89,9 @@ AtQuery = Annotated[
 
 
 def _at(at: str | None, principal: Principal) -> datetime | None:
-    if at is None:
-        return None
-    if principal.role not in ("operator", "admin"):
+    if at is not None and principal.role not in ("operator", "admin"):
         raise HTTPException(403, f"at: role {principal.role!r} may not act at another time")
-    try:
-        when = datetime.fromisoformat(at)
-    except ValueError:
-        raise HTTPException(422, f"at: not an ISO-8601 date-time (got {at!r})") from None
-    if when.tzinfo is None:
-        raise HTTPException(422, f"at: needs a UTC offset (got {at!r})")
-    return _in_range("at", when)
-
-
-EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
-LATEST = datetime(2100, 1, 1, tzinfo=UTC)
-
-
-def _in_range(field: str, when: datetime) -> datetime:
-    """A time the service can plan around (local days and settlement periods exist)."""
-    if not EARLIEST <= when < LATEST:
-        raise HTTPException(422, f"{field}: must lie in 2000-2100 (got {when.isoformat()})")
-    return when
+    return instant(at, "at")
 
 
 def _call(work: Callable[[], T]) -> T:
@@ -326,7 +307,7 @@ def get_flexibility(
         UtcDateTime | None, Query(description="RFC 3339 date-time with offset. Default: now.")
     ] = None,
 ) -> dict[str, Any]:
-    now: datetime = _in_range("at", at) if at is not None else utcnow()
+    now: datetime = in_range("at", at) if at is not None else utcnow()
     return dr.flexibility(db, settings, now)
 
 

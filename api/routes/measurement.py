@@ -9,7 +9,7 @@ so it never blocks the event loop.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any
 
 import numpy as np
@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.db import utcnow
-from api.deps import DbDep, SettingsDep, require
+from api.deps import DbDep, SettingsDep, instant, require
 from api.measure_dr import (
     MeasureError,
     day_report,
@@ -171,19 +171,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _instant(value: str | None, field: str) -> datetime | None:
-    """An ISO-8601 instant with a UTC offset, or 422 naming ``field``."""
-    if value is None:
-        return None
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise HTTPException(422, f"{field}: not an ISO-8601 date-time (got {value!r})") from None
-    if when.tzinfo is None:
-        raise HTTPException(422, f"{field}: needs a UTC offset (got {value!r})")
-    return when
-
-
 def _measured(work: Any) -> dict[str, Any]:
     try:
         out: dict[str, Any] = work()
@@ -239,6 +226,6 @@ def erasable_by_hour_curve(
 ) -> dict[str, Any]:
     """``P_erasable = Σ_i max(p_i − p_min,i, 0)`` per minute over the stored history, grouped
     by local hour of day: mean, 10 %, 50 % and 90 % [kW]. At most 31 days."""
-    hi = _instant(end, "end") or utcnow()
-    lo = _instant(start, "start") or hi - timedelta(days=7)
+    hi = instant(end, "end") or utcnow()
+    lo = instant(start, "start") or hi - timedelta(days=7)
     return _measured(lambda: erasable_report(db, settings, lo, hi))

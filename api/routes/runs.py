@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
-from api.deps import SettingsDep, require
+from api.deps import SettingsDep, instant, require
 from api.security import Principal
 from optimizer.errors import ScenarioError
 
@@ -29,14 +28,7 @@ def run_now(
 ) -> dict[str, Any]:
     from api.publish import reoptimise
 
-    when: datetime | None = None
-    if at is not None:
-        try:
-            when = datetime.fromisoformat(at)
-        except ValueError:
-            raise HTTPException(422, f"at: not an ISO-8601 date-time (got {at!r})") from None
-        if when.tzinfo is None:
-            raise HTTPException(422, f"at: needs a UTC offset (got {at!r})")
+    when = instant(at, "at")
     try:
         run = reoptimise(request.app.state.sessionmaker, settings, when)
     except ScenarioError as exc:

@@ -602,3 +602,21 @@ def test_background_loop_reacts_to_an_event(db_url: str) -> None:
             time.sleep(0.02)
         time.sleep(0.3)
         assert runs() == 3
+
+
+@pytest.mark.parametrize(
+    ("at", "needle"),
+    [
+        ("yesterday", "not an ISO-8601 date-time"),
+        ("2026-11-25T08:00:00", "needs a UTC offset"),
+        ("0001-01-01T00:00:00Z", "must lie in 2000-2100"),
+    ],
+)
+def test_a_re_plan_at_a_bad_time_is_a_422_naming_at(
+    client: TestClient, keys: dict[str, str], at: str, needle: str
+) -> None:
+    r = client.post("/v1/schedule-runs", params={"at": at}, headers=auth(keys["operator"]))
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"].startswith("at: ") and needle in r.json()["detail"]
+    latest = client.get("/v1/schedule-runs/latest", headers=auth(keys["operator"]))
+    assert latest.status_code == 404  # nothing was run or stored
