@@ -26,7 +26,13 @@ from api.models_dr import DrActivation, DrCurtailment, DrSignal
 from api.publish import ocpi_segments
 from api.settings import Settings
 from measurement.errors import MeasurementError
-from measurement.flexibility import GRACE_S, erasable_by_hour, fleet_power, non_responding
+from measurement.flexibility import (
+    GRACE_S,
+    erasable_by_hour,
+    fleet_power,
+    non_responding,
+    station_summary,
+)
 from measurement.io import load_states
 from measurement.reconstruct import reconstruct
 from measurement.shifted import (
@@ -277,17 +283,7 @@ def _status(a: DrActivation, now: datetime) -> str:
 
 
 def _stations(evidence: pd.DataFrame) -> list[dict[str, Any]]:
-    if evidence.empty:
-        return []
-    g = evidence.groupby("station")
-    out = pd.DataFrame(
-        {
-            "findings": g.size(),
-            "sessions": g["session_id"].nunique(),
-            "kinds": g["kind"].agg(lambda k: ",".join(sorted(set(k)))),
-        }
-    ).reset_index()
-    out = out.sort_values(["findings", "station"], ascending=[False, True])
+    out = station_summary(evidence)
     return [
         {
             "station": str(r.station),

@@ -143,19 +143,23 @@ def non_responding(
     ]
     evidence = pd.DataFrame(rows, columns=cols)
     evidence = evidence.drop_duplicates(["kind", "activation", "session_id", "timestamp"])
+    return evidence.reset_index(drop=True), station_summary(evidence)
+
+
+def station_summary(evidence: pd.DataFrame) -> pd.DataFrame:
+    """Findings per station (``station, findings, sessions, kinds``), most findings first."""
     if evidence.empty:
-        stations = pd.DataFrame(columns=["station", "findings", "sessions", "kinds"])
-    else:
-        g = evidence.groupby("station")
-        stations = pd.DataFrame(
-            {
-                "findings": g.size(),
-                "sessions": g["session_id"].nunique(),
-                "kinds": g["kind"].agg(lambda k: ",".join(sorted(set(k)))),
-            }
-        ).reset_index()
-        stations = stations.sort_values(["findings", "station"], ascending=[False, True])
-    return evidence.reset_index(drop=True), stations.reset_index(drop=True)
+        return pd.DataFrame(columns=["station", "findings", "sessions", "kinds"])
+    g = evidence.groupby("station")
+    stations = pd.DataFrame(
+        {
+            "findings": g.size(),
+            "sessions": g["session_id"].nunique(),
+            "kinds": g["kind"].agg(lambda k: ",".join(sorted(set(k)))),
+        }
+    ).reset_index()
+    stations = stations.sort_values(["findings", "station"], ascending=[False, True])
+    return stations.reset_index(drop=True)
 
 
 def _finding(

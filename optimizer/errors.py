@@ -23,6 +23,9 @@ class FieldError(GridchargeError, ValueError):
         What is wrong with it.
     """
 
+    show_missing: bool = True
+    """Whether a value of ``None`` is shown as ``(got None)``; False: nothing is shown."""
+
     def __init__(self, field: str, value: object, reason: str) -> None:
         self.field = field
         self.value = value
@@ -33,7 +36,8 @@ class FieldError(GridchargeError, ValueError):
         shown = repr(value)
         if len(shown) > 80:
             shown = shown[:77] + "..."
-        super().__init__(f"{field}: {reason} (got {shown})")
+        got = "" if value is None and not self.show_missing else f" (got {shown})"
+        super().__init__(f"{field}: {reason}{got}")
 
 
 class ScenarioError(FieldError):
