@@ -373,7 +373,8 @@ def measure_activations(
                 price_eur_per_mwh=float(a.price_eur_per_mwh),
                 prices=prices,
             )
-            res = with_session_baseline(res, est)
+            if est.without_plan < est.sessions:  # some session had a profile
+                res = with_session_baseline(res, est)
         out.append(res)
     return out
 
