@@ -322,10 +322,15 @@ def measure(
         raise fail(str(exc)) from None
     write_report(report, output)
     method = "per-session plan baseline" if plan is not None else "trapezoid"
-    table = Table(title=f"Activations (baseline: {method})", box=box.SIMPLE)
-    cols = ("id", "sessions", "baseline kWh", "delivered kWh", "shifted kWh", "value EUR")
-    for col in cols + (("trapezoid kWh",) if plan is not None else ()):
-        table.add_column(col, justify="left" if col == "id" else "right")
+    table = Table(
+        title=f"Activations, kWh and EUR (baseline: {method})",
+        box=box.SIMPLE,
+        padding=(0, 1),
+        pad_edge=False,
+    )
+    cols = ("id", "sessions", "baseline", "delivered", "shifted", "EUR")
+    for col in cols + (("trapezoid",) if plan is not None else ()):
+        table.add_column(col, justify="left" if col == "id" else "right", no_wrap=col == "id")
     for a in report.activations:
         row = [
             a.id,

@@ -76,13 +76,13 @@ def test_bad_rows_name_the_row(row: dict, message: str) -> None:
 
 
 def test_missing_column_empty_and_bad_schedule(tmp_path: Path) -> None:
-    with pytest.raises(MeasurementError, match="profiles.limit_a: column missing"):
+    with pytest.raises(MeasurementError, match=r"profiles\.limit_a: column missing"):
         load_profiles([{"session_id": "a", "start": "2026-11-25T16:00:00Z"}])
     with pytest.raises(MeasurementError, match="holds no profiles"):
         load_profiles(pd.DataFrame(columns=["session_id", "start", "limit_a"]))
     path = tmp_path / "p.json"
     path.write_text(json.dumps({"format": "something/1"}))
-    with pytest.raises(MeasurementError, match="profiles.format"):
+    with pytest.raises(MeasurementError, match=r"profiles\.format"):
         load_profiles(path)
     path.write_text(
         json.dumps(
