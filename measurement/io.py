@@ -29,6 +29,9 @@ VOLTAGE_V = 230.0
 DEFAULT_MIN_CURRENT_A = 8.0
 _OFFSET = r"(?:Z|z|[+-]\d\d:?\d\d)$"
 
+MAX_PLAN_CELLS = 50_000_000
+"""Largest sessions × distinct-times table :func:`load_profiles` builds [-]."""
+
 Table: TypeAlias = str | Path | pd.DataFrame | list[dict[str, Any]]
 
 
@@ -351,6 +354,12 @@ def load_profiles(source: Table) -> Plan:
     stop = np.where(np.isnan(frame["end"].to_numpy()), stop, np.minimum(stop, frame["end"]))
     edges = np.unique(np.r_[times, horizon])
     ids, inv = np.unique(frame["sid"].to_numpy().astype(str), return_inverse=True)
+    if ids.size * (edges.size - 1) > MAX_PLAN_CELLS:
+        raise MeasurementError(
+            name,
+            f"{edges.size - 1} distinct times x {ids.size} sessions",
+            "too large a plan; align the profiles' start and end times (e.g. to whole minutes)",
+        )
     limits = np.full((ids.size, edges.size - 1), np.nan)
     j0 = np.searchsorted(edges, frame["start"].to_numpy())
     j1 = np.searchsorted(edges, stop)

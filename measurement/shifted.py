@@ -418,6 +418,9 @@ class CarModel:
     fleet_ratio : float
         Median share of the profile limit the cars with a known maximum drew at it [-]
         (NaN when no car was seen below its limit).
+    typical_a : numpy.ndarray
+        Per session, the median known maximum of the cars charging on as many phases [A]
+        (NaN when there is none).
     need_kwh : numpy.ndarray
         Energy need stated in the charging preferences [kWh] (NaN when not given).
     taper_kwh : float
@@ -433,6 +436,17 @@ class CarModel:
     need_kwh: np.ndarray
     taper_kwh: float
     taper_floor: float
+    typical_a: np.ndarray | None = None
+
+    def current_a(self, sessions: np.ndarray, limit_a: np.ndarray) -> np.ndarray:
+        """What each car of ``sessions`` would take under ``limit_a`` (sessions × times) before
+        any taper [A]: ``I_max,i`` when known, else ``max(I_max,i, r · L, Ī_φ)``."""
+        i_max = self.i_max_a[sessions][:, None]
+        r = self.fleet_ratio if np.isfinite(self.fleet_ratio) else 1.0
+        guess = np.maximum(i_max, r * limit_a)
+        if self.typical_a is not None:
+            guess = np.maximum(guess, np.nan_to_num(self.typical_a[sessions])[:, None])
+        return np.where(self.known[sessions][:, None], i_max, guess)
 
 
 SEEN_MARGIN_A = 0.5
@@ -511,6 +525,11 @@ def estimate_cars(
     share = np.zeros(n)
     np.maximum.at(share, k_of[top], i_a[top] / lim[top])
     ratio = float(np.median(share[known])) if known.any() else float("nan")
+    typical = np.full(n, np.nan)
+    for ph in np.unique(rec.phases):
+        same = rec.phases == ph
+        if (same & known).any():
+            typical[same] = float(np.median(i_max[same & known]))
 
     # the need: a car that stopped drawing while its profile allowed current was full, and its
     # final energy is its need; otherwise the need stated in the charging preferences
@@ -543,7 +562,7 @@ def estimate_cars(
         mid = tapering & (rho > floor + 0.05)
         if mid.sum() >= MIN_TAPER_STATES // 2:
             taper_kwh = float(np.median(rem[mid] / rho[mid]))
-    return CarModel(i_max, known, ratio, need, taper_kwh, min(floor, 1.0))
+    return CarModel(i_max, known, ratio, need, taper_kwh, min(floor, 1.0), typical)
 
 
 @dataclass(frozen=True)
@@ -680,11 +699,7 @@ def plan_shifted(
         p_cf = np.minimum(p_l, cap[:, None])
         t_kwh, t_floor = taper_kwh, taper_floor
     else:
-        i_max = cars.i_max_a[idx]
-        r = cars.fleet_ratio if np.isfinite(cars.fleet_ratio) else 1.0
-        guess = np.maximum(i_max[:, None], r * l_a)
-        car_a = np.where(cars.known[idx, None], i_max[:, None], guess)
-        p_car = car_a * kw_per_a[:, None]
+        p_car = cars.current_a(idx, l_a) * kw_per_a[:, None]
         p_cf = np.minimum(p_l, p_car)
         cap = np.full(idx.size, np.inf)  # the car's maximum is already in p_cf
         t_kwh, t_floor = cars.taper_kwh, cars.taper_floor
@@ -718,12 +733,7 @@ def plan_shifted(
         lim_all = np.nan_to_num(table[rows])
         kw_all = lim_all * kw_per_a[:, None]
         if cars is not None:
-            i_max = cars.i_max_a[idx]
-            r = cars.fleet_ratio if np.isfinite(cars.fleet_ratio) else 1.0
-            car_all = np.where(
-                cars.known[idx, None], i_max[:, None], np.maximum(i_max[:, None], r * lim_all)
-            )
-            kw_all = np.minimum(lim_all, car_all) * kw_per_a[:, None]
+            kw_all = np.minimum(lim_all, cars.current_a(idx, lim_all)) * kw_per_a[:, None]
         by_plan = (np.minimum(kw_all, cap[:, None]) * dur_h[None, :]).sum(axis=1)
         pos_lim = lim_all > 0.5
         last_j = np.where(

@@ -84,6 +84,9 @@ def test_car_maximum_known_unknown_and_fleet_ratio() -> None:
     assert cars.known[k["a"]] and not cars.known[k["b"]]
     assert cars.i_max_a[k["b"]] == pytest.approx(8.0)
     assert cars.fleet_ratio == pytest.approx(0.875)
+    # the typical car on three phases: the median known maximum (a's 14 A)
+    assert cars.typical_a is not None and cars.typical_a[k["b"]] == pytest.approx(14.0)
+    assert cars.current_a(np.array([k["b"]]), np.array([[8.0, 16.0]])).tolist() == [[14.0, 14.0]]
     assert np.isnan(cars.need_kwh).all()
     assert cars.taper_kwh == 0.0
 
@@ -182,6 +185,10 @@ def test_session_baseline_with_the_cars_own_maximum() -> None:
     assert plain.baseline_kwh == pytest.approx((8 + 16) * KW_PER_A * 5 / 60, abs=2e-3)
     only_b = plan_shifted(rec, TS, TC, plan, sessions=k_b, cars=cars)
     assert only_b.baseline_kwh == pytest.approx(base_b, abs=2e-3)
+    # with the fleet's typical three-phase car at 15 A: min(16, max(8, 14, 15)) = 15 A
+    typical = CarModel(cars.i_max_a, cars.known, 0.875, cars.need_kwh, 0.0, 1.0, np.full(2, 15.0))
+    with_typical = plan_shifted(rec, TS, TC, plan, sessions=k_b, cars=typical)
+    assert with_typical.baseline_kwh == pytest.approx((8 + 15) * KW_PER_A * 5 / 60, abs=2e-3)
 
 
 def test_session_baseline_tapers_the_cars_maximum_and_stops_at_the_need() -> None:

@@ -95,3 +95,16 @@ def test_missing_column_empty_and_bad_schedule(tmp_path: Path) -> None:
     )
     with pytest.raises(MeasurementError, match=r"profiles.sessions.a.current_a: .*2 currents"):
         load_profiles(path)
+
+
+def test_a_plan_too_large_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import measurement.io as mio
+
+    monkeypatch.setattr(mio, "MAX_PLAN_CELLS", 3)
+    rows = [
+        {"session_id": sid, "start": f"2026-11-25T16:0{m}:00Z", "limit_a": 16}
+        for sid in ("a", "b")
+        for m in range(3)
+    ]
+    with pytest.raises(MeasurementError, match="too large a plan"):
+        load_profiles(rows)
