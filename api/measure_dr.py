@@ -235,6 +235,26 @@ def profile_in_force(
     return limit
 
 
+def profiles_at_states(
+    states: pd.DataFrame,
+    sent: dict[str, list[SentProfile]],
+    windows: dict[str, list[tuple[float, float, float]]] | None = None,
+) -> np.ndarray:
+    """The limit in force at each state (:func:`profile_in_force`; ``states`` sorted by
+    session, as :func:`measurement.io.load_states` returns them) [A]; NaN where none."""
+    profile = np.full(len(states), np.nan)
+    sid = states["session_id"].to_numpy()
+    t = states["t_s"].to_numpy(float)
+    bounds = np.r_[0, np.nonzero(sid[1:] != sid[:-1])[0] + 1, sid.size]
+    for k in range(bounds.size - 1):
+        a_, b_ = int(bounds[k]), int(bounds[k + 1])
+        s = str(sid[a_])
+        if s in sent:
+            got = profile_in_force(t[a_:b_], sent[s], (windows or {}).get(s, []))
+            profile[a_:b_] = got
+    return profile
+
+
 def plan_at_signal(
     session_ids: Sequence[str],
     sent: dict[str, list[SentProfile]],
@@ -359,15 +379,7 @@ def measure_logged(
         states = load_states(frame)
     except MeasurementError as exc:  # stored data is validated on the way in; be safe
         raise MeasureError(409, "states", f"stored states cannot be measured: {exc}") from None
-    profile = np.full(len(states), np.nan)
-    sid = states["session_id"].to_numpy()
-    t = states["t_s"].to_numpy(float)
-    bounds = np.r_[0, np.nonzero(sid[1:] != sid[:-1])[0] + 1, sid.size]
-    for k in range(bounds.size - 1):
-        a_, b_ = int(bounds[k]), int(bounds[k + 1])
-        s = str(sid[a_])
-        profile[a_:b_] = profile_in_force(t[a_:b_], sent.get(s, []), windows.get(s, []))
-    states["profile_a"] = profile
+    states["profile_a"] = profiles_at_states(states, sent, windows)
     t_sig = np.array([_utc(a.started_at).timestamp() for a in activations])
     t_clr = np.array([_utc(a.restore_at).timestamp() for a in activations])
     untils = [u for w in windows.values() for _, u, _ in w]

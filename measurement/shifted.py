@@ -479,7 +479,7 @@ def estimate_cars(
     - the state is *free* when ``I_k < 0.98 · L_k`` (the car, not the profile, limits it);
       ``I_max,i`` is *known* when a free state has ``I_k ≥ I_max,i − 0.5 A``;
     - fleet ratio ``r = median_i I_k / L_k`` over the known sessions, at their highest free
-      state;
+      state; the typical car ``Ī_φ = median I_max,i`` over the known sessions on ``φ`` phases;
     - taper: over the free states of known sessions with a stated need ``N_i``, the remaining
       need ``R_k = N_i − E_k`` and the share ``ρ_k = I_k / I_max,i``; the states with
       ``ρ_k < 0.95`` and ``R_k > 0`` are tapering. ``floor = q_5%(ρ_k)`` and
@@ -617,7 +617,7 @@ def plan_shifted(
       car, not the profile, limits it), else ``∞``; ``p_i^cf(t) = min(P_L,i(t), c_i)``.
       With ``cars`` (:func:`estimate_cars`, the car's own history):
       ``I_i^cf(t) = min(L_i(t), I_max,i)`` when ``I_max,i`` is known, else
-      ``min(L_i(t), max(I_max,i, r · L_i(t)))``; ``p_i^cf = I_i^cf · phases_i · V / 1000``;
+      ``min(L_i(t), max(I_max,i, r · L_i(t), Ī_φ))``; ``p_i^cf = I_i^cf · phases_i · V / 1000``;
     - a session drawing more than ``1.1 · P̄_L,i`` + 1 A on its phases ignores its profile:
       ``p_i^cf(t) = p̄_i``; so is a session without a plan (counted in ``without_plan``);
     - ``τ_i``: the session's energy stops rising before ``t_c + 10 min`` as in the trapezoid.
