@@ -207,6 +207,8 @@ def test_measure_with_profiles_uses_the_session_baseline(
     assert act["baseline_kwh"] == pytest.approx(3.68, abs=2e-3)
     assert act["shifted_kwh"] == pytest.approx(0.92, abs=2e-3)
     assert act["trapezoid_shifted_kwh"] == pytest.approx(0.92, abs=2e-3)
+    # performance ratio E_shift / (E_base − E_min) = 0.92 / (3.68 − 1.84)
+    assert act["performance_ratio"] == pytest.approx(0.5, abs=2e-3)
     assert act["value_eur"] == pytest.approx(0.92 * 0.25, abs=1e-3)
     assert [s["price_eur_per_mwh"] for s in act["segments"]] == [250]
     assert "per-session plan baseline" in (out / "README.md").read_text()
