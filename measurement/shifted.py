@@ -462,11 +462,35 @@ FULL_STATES = 2
 car ended full [-]."""
 
 
+def plan_energy(
+    plan: Plan, rec: Reconstruction, voltage_v: float = 230.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per session of ``rec``: the energy its whole plan gives, ``Σ_j L_j · phases · V · Δt_j``
+    [kWh], and the end of its last interval with a limit above 0.5 A [s] (NaN without a
+    plan)."""
+    n = rec.n_sessions
+    energy, ends = np.full(n, np.nan), np.full(n, np.nan)
+    row_of = {str(s): k for k, s in enumerate(plan.session_ids)}
+    rows = np.array([row_of.get(str(s), -1) for s in rec.session_ids], dtype=int)
+    have = rows >= 0
+    if not have.any():
+        return energy, ends
+    table = np.nan_to_num(plan.limits_a.reshape(-1, plan.edges_s.size - 1)[rows[have]])
+    dt_h = np.diff(plan.edges_s) / 3600.0
+    kw_per_a = rec.phases[have] * voltage_v / 1000.0
+    energy[have] = (table * dt_h[None, :]).sum(axis=1) * kw_per_a
+    pos = table > 0.5
+    last = np.where(pos.any(axis=1), pos.shape[1] - 1 - np.argmax(pos[:, ::-1], axis=1), -1)
+    ends[have] = np.where(last >= 0, plan.edges_s[np.clip(last + 1, 0, None)], np.nan)
+    return energy, ends
+
+
 def estimate_cars(
     states: pd.DataFrame,
     rec: Reconstruction,
     activations: pd.DataFrame | None = None,
     plan: Plan | None = None,
+    voltage_v: float = 230.0,
 ) -> CarModel:
     """Each car's own maximum current, the fleet ratio, the stated needs and the fleet's
     end-of-charge taper, all from the states themselves.
@@ -480,7 +504,11 @@ def estimate_cars(
       ``I_max,i`` is *known* when a free state has ``I_k ≥ I_max,i − 0.5 A``;
     - fleet ratio ``r = median_i I_k / L_k`` over the known sessions, at their highest free
       state; the typical car ``Ī_φ = median I_max,i`` over the known sessions on ``φ`` phases;
-    - taper: over the free states of known sessions with a stated need ``N_i``, the remaining
+    - the need ``N_i``: the final energy of a car seen full (two states at its final energy
+      without current while its profile allowed some), else the stated ``energy_need_kwh``,
+      else the energy of its whole plan when the plan ends at least 15 minutes before the
+      session leaves (made to meet it);
+    - taper: over the free states of known sessions with a need ``N_i``, the remaining
       need ``R_k = N_i − E_k`` and the share ``ρ_k = I_k / I_max,i``; the states with
       ``ρ_k < 0.95`` and ``R_k > 0`` are tapering. ``floor = q_5%(ρ_k)`` and
       ``T = median(R_k / ρ_k)`` over those with ``ρ_k > floor + 0.05`` (the linear taper
@@ -552,6 +580,12 @@ def estimate_cars(
         given = valid & np.isfinite(states["energy_need_kwh"].to_numpy(float))
         need[k_of[given]] = states["energy_need_kwh"].to_numpy(float)[given]
     need[full] = e_last[full]
+    if plan is not None:
+        # otherwise the plan's energy, when the plan ends well before the session leaves (it
+        # was made to meet the need)
+        planned, ends = plan_energy(plan, rec, voltage_v)
+        met = np.isnan(need) & np.isfinite(ends) & (ends <= rec.last_s - PLAN_MET_S)
+        need[met] = planned[met]
     taper_kwh, floor = 0.0, 1.0
     use = free & known[kk] & np.isfinite(need[kk]) & (i_max[kk] > 0.5)
     rem = need[kk] - e_k

@@ -16,7 +16,7 @@ import pytest
 
 from measurement.io import load_activations, load_prices, load_states
 from measurement.reconstruct import reconstruct
-from measurement.shifted import CarModel, Plan, estimate_cars, plan_shifted
+from measurement.shifted import CarModel, Plan, estimate_cars, plan_energy, plan_shifted
 
 T0 = datetime(2026, 11, 25, 16, 0, tzinfo=UTC).timestamp()
 TS = T0 + 1800.0
@@ -237,3 +237,23 @@ def test_session_baseline_value_per_isp_across_a_boundary() -> None:
     # one price for the whole activation overrides the ISPs'
     flat = plan_shifted(rec, ts, tc, plan, cars=cars, prices=prices, price_eur_per_mwh=50.0)
     assert flat.value_eur == pytest.approx(2 * piece * 0.05, abs=1e-3)
+
+
+def test_need_from_the_plan_when_none_is_stated() -> None:
+    """``g`` has no stated need; its plan gives 16 A for 30 minutes and ends 30 minutes before
+    it leaves: its need is the plan's energy, 16 · 0.69 kW · 0.5 h = 5.52 kWh. ``h``'s plan
+    runs until it leaves: no need can be read from it."""
+    rows = session("g", lambda t: 16.0 if t < T0 + 1800 else 0.0, const(np.nan)) + session(
+        "h", const(16.0), const(np.nan)
+    )
+    states = load_states(rows)
+    rec = reconstruct(states, np.array([TS, TC]))
+    edges = T0 + 1800.0 * np.arange(3)
+    plan = Plan(np.array(["g", "h"], dtype=object), edges, np.array([[16.0, 0.0], [16.0, 16.0]]))
+    energy, ends = plan_energy(plan, rec)
+    k = {s: i for i, s in enumerate(rec.session_ids)}
+    assert energy[k["g"]] == pytest.approx(5.52) and ends[k["g"]] == T0 + 1800.0
+    assert energy[k["h"]] == pytest.approx(11.04) and ends[k["h"]] == T0 + 3600.0
+    cars = estimate_cars(states, rec, None, plan)
+    assert cars.need_kwh[k["g"]] == pytest.approx(5.52)
+    assert np.isnan(cars.need_kwh[k["h"]])
