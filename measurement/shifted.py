@@ -467,7 +467,7 @@ def plan_energy(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per session of ``rec``: the energy its whole plan gives, ``Σ_j L_j · phases · V · Δt_j``
     [kWh], and the end of its last interval with a limit above 0.5 A [s] (NaN without a
-    plan)."""
+    plan, or when the limit is still above 0.5 A at the end of the plan's grid)."""
     n = rec.n_sessions
     energy, ends = np.full(n, np.nan), np.full(n, np.nan)
     row_of = {str(s): k for k, s in enumerate(plan.session_ids)}
@@ -481,7 +481,9 @@ def plan_energy(
     energy[have] = (table * dt_h[None, :]).sum(axis=1) * kw_per_a
     pos = table > 0.5
     last = np.where(pos.any(axis=1), pos.shape[1] - 1 - np.argmax(pos[:, ::-1], axis=1), -1)
-    ends[have] = np.where(last >= 0, plan.edges_s[np.clip(last + 1, 0, None)], np.nan)
+    # a plan whose limit is still positive at the end of its grid has not ended (no need read)
+    ended = (last >= 0) & (last + 1 < table.shape[1])
+    ends[have] = np.where(ended, plan.edges_s[np.clip(last + 1, 0, None)], np.nan)
     return energy, ends
 
 
@@ -774,7 +776,8 @@ def plan_shifted(
             pos_lim.any(axis=1), pos_lim.shape[1] - 1 - np.argmax(pos_lim[:, ::-1], axis=1), -1
         )
         plan_end = plan.edges_s[np.clip(last_j + 1, 0, plan.edges_s.size - 1)]
-        met = (last_j >= 0) & (plan_end <= rec.last_s[idx] - PLAN_MET_S)
+        # the plan must end inside its grid: one still giving current at its end says nothing
+        met = (last_j >= 0) & (last_j + 1 < n_cols) & (plan_end <= rec.last_s[idx] - PLAN_MET_S)
         need = np.where(met, by_plan, np.inf)
         if cars is not None:
             stated = cars.need_kwh[idx]

@@ -242,7 +242,7 @@ def test_session_baseline_value_per_isp_across_a_boundary() -> None:
 def test_need_from_the_plan_when_none_is_stated() -> None:
     """``g`` has no stated need; its plan gives 16 A for 30 minutes and ends 30 minutes before
     it leaves: its need is the plan's energy, 16 · 0.69 kW · 0.5 h = 5.52 kWh. ``h``'s plan
-    runs until it leaves: no need can be read from it."""
+    still gives 16 A at its end: no need can be read from it."""
     rows = session("g", lambda t: 16.0 if t < T0 + 1800 else 0.0, const(np.nan)) + session(
         "h", const(16.0), const(np.nan)
     )
@@ -253,7 +253,21 @@ def test_need_from_the_plan_when_none_is_stated() -> None:
     energy, ends = plan_energy(plan, rec)
     k = {s: i for i, s in enumerate(rec.session_ids)}
     assert energy[k["g"]] == pytest.approx(5.52) and ends[k["g"]] == T0 + 1800.0
-    assert energy[k["h"]] == pytest.approx(11.04) and ends[k["h"]] == T0 + 3600.0
+    assert energy[k["h"]] == pytest.approx(11.04) and np.isnan(ends[k["h"]])  # never ends
     cars = estimate_cars(states, rec, None, plan)
     assert cars.need_kwh[k["g"]] == pytest.approx(5.52)
     assert np.isnan(cars.need_kwh[k["h"]])
+
+
+def test_a_plan_cut_at_its_grid_says_nothing_about_the_need() -> None:
+    """The service's plan at a signal covers only the minutes around it; its limit is still
+    16 A at the grid's end, so it gives no need and the car (14 A, taper 2 kWh) is not
+    tapered: 14 A for the 10 minutes."""
+    rows = session("c", curtailed(14.0), const(16.0))
+    states = load_states(rows)
+    rec = reconstruct(states, np.array([TS, TC]))
+    edges = np.arange(TS - 300.0, TC + 660.0, 60.0)
+    plan = Plan(np.array(["c"], dtype=object), edges, np.full((1, edges.size - 1), 16.0))
+    cars = CarModel(np.array([14.0]), np.array([True]), 0.875, np.array([np.nan]), 2.0, 0.3)
+    got = plan_shifted(rec, TS, TC, plan, cars=cars)
+    assert got.baseline_kwh == pytest.approx(14 * KW_PER_A * 10 / 60, abs=1e-6)
