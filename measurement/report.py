@@ -239,6 +239,7 @@ def plot_report(report: Report, out: Path) -> list[Path]:
             ax.stairs(
                 s["p_base_kw"],
                 (b_edges - a.t_signal_s) / 60.0,
+                baseline=None,
                 color="tab:purple",
                 lw=1.5,
                 label="per-session plan baseline (headline)",
