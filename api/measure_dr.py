@@ -40,9 +40,11 @@ from measurement.shifted import (
     SEARCH_S,
     WINDOW_S,
     Plan,
+    estimate_cars,
     iso,
     measure_activation,
     plan_shifted,
+    with_session_baseline,
 )
 
 MARGIN = timedelta(hours=1)
@@ -104,6 +106,7 @@ def states_frame(
             SessionState.phases,
             ChargingSession.phases,
             ChargingSession.opt_out,
+            ChargingSession.energy_need_kwh,
             Connector.station_id,
             Station.node,
             Station.min_current_a,
@@ -121,7 +124,7 @@ def states_frame(
             rows += list(db.execute(stmt.where(SessionState.session_id.in_(chunk))))
     region = region_roots(db)
     records = []
-    for sid, ts, kwh, cur, ph, sph, opt, station, node, min_a in rows:
+    for sid, ts, kwh, cur, ph, sph, opt, need, station, node, min_a in rows:
         i = list(cur) if cur else [0.0, 0.0, 0.0]
         records.append(
             {
@@ -137,6 +140,7 @@ def states_frame(
                 "region": region.get(node, node or "") if node else "",
                 "min_current_a": min_a if min_a is not None else 8.0,
                 "opt_out": "true" if opt else "false",
+                "energy_need_kwh": need,
             }
         )
     return pd.DataFrame.from_records(records)
@@ -229,6 +233,26 @@ def profile_in_force(
         inside = (t >= start_s) & (t < until_s)
         limit = np.where(inside, limit_a, limit)
     return limit
+
+
+def profiles_at_states(
+    states: pd.DataFrame,
+    sent: dict[str, list[SentProfile]],
+    windows: dict[str, list[tuple[float, float, float]]] | None = None,
+) -> np.ndarray:
+    """The limit in force at each state (:func:`profile_in_force`; ``states`` sorted by
+    session, as :func:`measurement.io.load_states` returns them) [A]; NaN where none."""
+    profile = np.full(len(states), np.nan)
+    sid = states["session_id"].to_numpy()
+    t = states["t_s"].to_numpy(float)
+    bounds = np.r_[0, np.nonzero(sid[1:] != sid[:-1])[0] + 1, sid.size]
+    for k in range(bounds.size - 1):
+        a_, b_ = int(bounds[k]), int(bounds[k + 1])
+        s = str(sid[a_])
+        if s in sent:
+            got = profile_in_force(t[a_:b_], sent[s], (windows or {}).get(s, []))
+            profile[a_:b_] = got
+    return profile
 
 
 def plan_at_signal(
@@ -355,15 +379,7 @@ def measure_logged(
         states = load_states(frame)
     except MeasurementError as exc:  # stored data is validated on the way in; be safe
         raise MeasureError(409, "states", f"stored states cannot be measured: {exc}") from None
-    profile = np.full(len(states), np.nan)
-    sid = states["session_id"].to_numpy()
-    t = states["t_s"].to_numpy(float)
-    bounds = np.r_[0, np.nonzero(sid[1:] != sid[:-1])[0] + 1, sid.size]
-    for k in range(bounds.size - 1):
-        a_, b_ = int(bounds[k]), int(bounds[k + 1])
-        s = str(sid[a_])
-        profile[a_:b_] = profile_in_force(t[a_:b_], sent.get(s, []), windows.get(s, []))
-    states["profile_a"] = profile
+    states["profile_a"] = profiles_at_states(states, sent, windows)
     t_sig = np.array([_utc(a.started_at).timestamp() for a in activations])
     t_clr = np.array([_utc(a.restore_at).timestamp() for a in activations])
     untils = [u for w in windows.values() for _, u, _ in w]
@@ -387,6 +403,8 @@ def measure_logged(
         }
     )
     evidence, _ = non_responding(states, rec, table, tolerance_a=tolerance_a, sessions=members)
+    # each car's own maximum, need and the fleet's taper, from the states and the profiles sent
+    cars = estimate_cars(states, rec, table)
     out = []
     for k, (a, b) in enumerate(zip(activations, base, strict=True)):
         p = price[a.id]
@@ -403,8 +421,16 @@ def measure_logged(
         curtailed_ids = sorted({c.session_id for c in curt[a.id]})
         plan = plan_at_signal(curtailed_ids, sent, float(t_sig[k]), float(t_clr[k]))
         by_plan = plan_shifted(
-            rec, float(t_sig[k]), float(t_clr[k]), plan, sessions=members[str(a.id)]
+            rec,
+            float(t_sig[k]),
+            float(t_clr[k]),
+            plan,
+            sessions=members[str(a.id)],
+            cars=cars,
+            price_eur_per_mwh=float("nan") if p is None else float(p),
         )
+        if by_plan.without_plan < by_plan.sessions:  # some session had a profile: headline
+            res = with_session_baseline(res, by_plan)
         record = res.to_dict()
         record["plan_baseline_kwh"] = round(by_plan.baseline_kwh, 6)
         record["plan_shifted_kwh"] = round(by_plan.shifted_kwh, 6)

@@ -23,10 +23,14 @@ from measurement.errors import (
     NaiveTimestamp,
     NegativeEnergy,
 )
+from measurement.shifted import Plan
 
 VOLTAGE_V = 230.0
 DEFAULT_MIN_CURRENT_A = 8.0
 _OFFSET = r"(?:Z|z|[+-]\d\d:?\d\d)$"
+
+MAX_PLAN_CELLS = 50_000_000
+"""Largest sessions × distinct-times table :func:`load_profiles` builds [-]."""
 
 Table: TypeAlias = str | Path | pd.DataFrame | list[dict[str, Any]]
 
@@ -143,8 +147,9 @@ def load_states(source: Table, voltage_v: float = VOLTAGE_V) -> pd.DataFrame:
     pandas.DataFrame
         Columns ``session_id, t_s [s], e_kwh [kWh], i_l1_a, i_l2_a, i_l3_a [A], phases [-],
         p_kw [kW] (power from the reported currents), station, subcluster, region,
-        min_current_a [A], profile_a [A] (NaN when unknown), opt_out``; sorted by session and
-        time.
+        min_current_a [A], profile_a [A] (NaN when unknown), opt_out, energy_need_kwh [kWh]
+        (the charging preferences' energy need from plug-in; NaN when not given)``; sorted by
+        session and time.
 
     Raises
     ------
@@ -188,6 +193,7 @@ def load_states(source: Table, voltage_v: float = VOLTAGE_V) -> pd.DataFrame:
     out["min_current_a"] = parse_numbers(df, name, "min_current_a", DEFAULT_MIN_CURRENT_A)
     out["profile_a"] = parse_numbers(df, name, "profile_a", default=np.nan)
     out["opt_out"] = parse_flags(df, name, "opt_out")
+    out["energy_need_kwh"] = parse_numbers(df, name, "energy_need_kwh", default=np.nan)
     out["row"] = np.arange(len(out))
     return out.sort_values(["session_id", "t_s", "e_kwh"], kind="stable").reset_index(drop=True)
 
@@ -274,3 +280,129 @@ def load_prices(source: Table) -> pd.DataFrame:
         }
     )
     return out.sort_values("start_s").reset_index(drop=True)
+
+
+def load_profiles(source: Table) -> Plan:
+    """The charging profiles published to each session (the plan the per-session baseline
+    follows): ``session_id, start, limit_a`` and optional ``end``; or a ``gridcharge solve``
+    schedule (a JSON object with ``"format": "gridcharge.schedule/1"``, each session's
+    ``current_a`` per grid step).
+
+    Each row sets the session's limit [A] from ``start`` until the session's next row, or
+    until its ``end`` when given (no plan after it); the last row without ``end`` holds to
+    the end of the data.
+
+    Returns
+    -------
+    measurement.shifted.Plan
+        The limits on the union of all rows' times.
+
+    Raises
+    ------
+    MeasurementError
+        Missing column, no offset, negative or non-numeric limit, ``end`` not after
+        ``start``, the same session and start twice, a malformed schedule.
+    """
+    name = "profiles"
+    if isinstance(source, str | Path) and Path(source).suffix.lower() == ".json":
+        path = Path(source)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise MeasurementError(name, str(path), f"cannot be read: {exc.strerror}") from None
+        except json.JSONDecodeError as exc:
+            raise MeasurementError(
+                name, str(path), f"is not valid JSON ({exc.msg} at line {exc.lineno})"
+            ) from None
+        if isinstance(data, dict):
+            return _schedule_plan(data)
+        source = data if isinstance(data, list) else source
+    df = read_table(source, name).reset_index(drop=True)
+    if df.empty:
+        raise MeasurementError(name, 0, "holds no profiles")
+    _require(df, name, ("session_id", "start", "limit_a"))
+    sid = _text(df, "session_id")
+    if (sid == "").any():
+        row = int(np.argmax(sid == ""))
+        raise MeasurementError(f"{name}[{row}].session_id", "", "must not be empty")
+    start = parse_times(df["start"], f"{name}.start")
+    limit = parse_numbers(df, name, "limit_a")
+    end = np.full(len(df), np.nan)
+    if "end" in df.columns:
+        given = ~(df["end"].isna() | (df["end"].astype(str).str.strip() == "")).to_numpy()
+        if given.any():
+            end[given] = parse_times(df["end"][given], f"{name}.end")
+            rows = np.nonzero(given)[0]
+            bad = end[given] <= start[given]
+            if bad.any():
+                row = int(rows[np.argmax(bad)])
+                raise MeasurementError(
+                    f"{name}[{row}].end", str(df["end"].iloc[row]), "must be after start"
+                )
+    frame = pd.DataFrame({"sid": sid, "start": start, "limit": limit, "end": end})
+    dup = frame.duplicated(["sid", "start"])
+    if dup.any():
+        row = int(np.argmax(dup.to_numpy()))
+        raise MeasurementError(
+            f"{name}[{row}].start", str(df["start"].iloc[row]), f"duplicate for session {sid[row]}"
+        )
+    frame = frame.sort_values(["sid", "start"], kind="stable")
+    times = np.r_[frame["start"].to_numpy(), frame["end"].dropna().to_numpy()]
+    horizon = float(times.max()) + 86400.0
+    nxt = frame.groupby("sid")["start"].shift(-1).to_numpy(float)
+    stop = np.where(np.isnan(nxt), horizon, nxt)
+    stop = np.where(np.isnan(frame["end"].to_numpy()), stop, np.minimum(stop, frame["end"]))
+    edges = np.unique(np.r_[times, horizon])
+    ids, inv = np.unique(frame["sid"].to_numpy().astype(str), return_inverse=True)
+    if ids.size * (edges.size - 1) > MAX_PLAN_CELLS:
+        raise MeasurementError(
+            name,
+            f"{edges.size - 1} distinct times x {ids.size} sessions",
+            "too large a plan; align the profiles' start and end times (e.g. to whole minutes)",
+        )
+    limits = np.full((ids.size, edges.size - 1), np.nan)
+    j0 = np.searchsorted(edges, frame["start"].to_numpy())
+    j1 = np.searchsorted(edges, stop)
+    lim = frame["limit"].to_numpy()
+    for k in range(len(frame)):
+        limits[inv[k], j0[k] : j1[k]] = lim[k]
+    return Plan(ids.astype(object), edges, limits)
+
+
+def _schedule_plan(data: dict[str, Any]) -> Plan:
+    """A :class:`Plan` from a ``gridcharge.schedule/1`` object (currents per grid step)."""
+    name = "profiles"
+    if data.get("format") != "gridcharge.schedule/1":
+        raise MeasurementError(
+            f"{name}.format",
+            data.get("format"),
+            "a JSON object must be a gridcharge.schedule/1 (or give a list of rows)",
+        )
+    grid = data.get("grid")
+    sessions = data.get("sessions")
+    if not isinstance(grid, dict) or not isinstance(sessions, dict):
+        raise MeasurementError(f"{name}.grid", None, "schedule needs grid and sessions")
+    start = parse_times(pd.Series([str(grid.get("start"))]), f"{name}.grid.start")[0]
+    step_s = grid.get("step_s")
+    steps = grid.get("steps")
+    if not isinstance(step_s, int) or step_s <= 0:
+        raise MeasurementError(f"{name}.grid.step_s", step_s, "must be a positive integer")
+    if not isinstance(steps, int) or steps <= 0:
+        raise MeasurementError(f"{name}.grid.steps", steps, "must be a positive integer")
+    ids = sorted(sessions)
+    limits = np.zeros((len(ids), steps))
+    for k, sid in enumerate(ids):
+        cur = sessions[sid].get("current_a") if isinstance(sessions[sid], dict) else None
+        try:
+            arr = np.asarray(cur, dtype=float)
+        except (TypeError, ValueError):
+            arr = np.zeros(0)
+        if arr.shape != (steps,) or not np.isfinite(arr).all() or (arr < 0).any():
+            raise MeasurementError(
+                f"{name}.sessions.{sid}.current_a",
+                None if cur is None else f"{len(cur) if isinstance(cur, list) else cur}",
+                f"must be {steps} currents >= 0 [A]",
+            )
+        limits[k] = arr
+    edges = start + step_s * np.arange(steps + 1, dtype=float)
+    return Plan(np.array(ids, dtype=object), edges, limits)

@@ -21,7 +21,14 @@ from measurement.reconstruct import (
     reconstruct,
     station_isp_energy,
 )
-from measurement.shifted import ActivationResult, iso, measure_activations
+from measurement.shifted import (
+    ActivationResult,
+    CarModel,
+    Plan,
+    estimate_cars,
+    iso,
+    measure_activations,
+)
 
 
 @dataclass
@@ -36,6 +43,7 @@ class Report:
     erasable: pd.DataFrame
     meters: dict[str, Any] | None = None
     counts: dict[str, int] = field(default_factory=dict)
+    cars: CarModel | None = None
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready summary (what ``report.json`` holds)."""
@@ -46,9 +54,13 @@ class Report:
             "states": self.counts,
             "interval_models": self.rec.models,
             "activations": [a.to_dict() for a in self.activations],
+            "baseline": self.baseline_summary(),
             "totals": {
                 "shifted_kwh": round(float(np.sum(shifted)), 6),
                 "value_eur": round(float(np.nansum([a.value_eur for a in self.activations])), 2),
+                "trapezoid_shifted_kwh": round(
+                    float(np.sum([a.trapezoid_shifted_kwh for a in self.activations])), 6
+                ),
             },
             "non_responding": {
                 "findings": len(self.evidence),
@@ -62,6 +74,21 @@ class Report:
         if self.meters is not None:
             out["meters"] = {k: _num(v) for k, v in self.meters.items() if k != "isp"}
         return out
+
+    def baseline_summary(self) -> dict[str, Any]:
+        """Which baseline the headline uses and what was learned about the cars."""
+        if self.cars is None:
+            return {"method": "trapezoid"}
+        c = self.cars
+        return {
+            "method": "session",
+            "cars_with_known_maximum": int(c.known.sum()),
+            "cars": int(c.known.size),
+            "fleet_ratio": _num(c.fleet_ratio),
+            "sessions_with_need": int(np.isfinite(c.need_kwh).sum()),
+            "taper_kwh": round(c.taper_kwh, 4),
+            "taper_floor": round(c.taper_floor, 4) if c.taper_kwh > 0 else None,
+        }
 
 
 def _num(v: Any) -> Any:
@@ -78,12 +105,16 @@ def build_report(
     meters: pd.DataFrame | None = None,
     prices: pd.DataFrame | None = None,
     tz: str = "UTC",
+    profiles: Plan | None = None,
 ) -> Report:
     """Reconstruct, measure every activation, find non-responding chargers, compare with the
     meters (when given) and build the erasable-power curve.
 
     Parameters are the frames of :mod:`measurement.io`; ``tz`` names the time zone of the
-    hour-of-day curve.
+    hour-of-day curve. With ``profiles`` (:func:`measurement.io.load_profiles`) the headline
+    shifted energy and value use the per-session plan baseline with each car's own maximum,
+    need and the fleet's taper learned from the states (:func:`estimate_cars`); the trapezoid
+    stays in ``trapezoid_*``.
     """
     from measurement.reconstruct import clean_states
 
@@ -91,7 +122,8 @@ def build_report(
     counts["rows"] = len(states)
     breaks = np.r_[activations["t_signal_s"].to_numpy(), activations["t_clear_s"].to_numpy()]
     rec = reconstruct(states, breaks)
-    results = measure_activations(rec, activations, prices)
+    cars = estimate_cars(states, rec, activations, profiles) if profiles is not None else None
+    results = measure_activations(rec, activations, prices, plan=profiles, cars=cars)
     evidence, stations = non_responding(states, rec, activations)
     lo = np.floor(rec.first_s.min() / 60.0) * 60.0
     hi = np.ceil(rec.last_s.max() / 60.0) * 60.0
@@ -109,6 +141,7 @@ def build_report(
         erasable=erasable_by_hour(power, tz),
         meters=meter_cmp,
         counts=counts,
+        cars=cars,
     )
 
 
@@ -201,6 +234,16 @@ def plot_report(report: Report, out: Path) -> list[Path]:
             color="tab:green",
             label=f"baseline trapezoid of S_c (+{a.stopped_baseline_kwh:.1f} kWh stopped)",
         )
+        if "p_base_kw" in s:
+            b_edges = s["base_edges_s"]
+            ax.stairs(
+                s["p_base_kw"],
+                (b_edges - a.t_signal_s) / 60.0,
+                baseline=None,
+                color="tab:purple",
+                lw=1.5,
+                label="per-session plan baseline (headline)",
+            )
         ax.axvline((a.t_recovery_s - a.t_signal_s) / 60.0, color="grey", ls="--", lw=0.8)
         ax.set_xlabel("minutes from signal")
         ax.set_ylabel("power [kW]")
@@ -255,6 +298,28 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "activation"
 
 
+def _method_text(report: Report) -> str:
+    b = report.baseline_summary()
+    if b["method"] == "trapezoid":
+        return (
+            "the aggregate trapezoid (no profiles given; `--profiles` gives the per-session "
+            "plan baseline)."
+        )
+    taper = (
+        f"an end-of-charge taper over the last {b['taper_kwh']:.2f} kWh down to "
+        f"{b['taper_floor']:.0%}"
+        if b["taper_kwh"] > 0
+        else "no end-of-charge taper (none seen)"
+    )
+    ratio = "n/a" if b["fleet_ratio"] is None else f"{b['fleet_ratio']:.3f}"
+    return (
+        "the per-session plan baseline (the published profiles, each car's own maximum: "
+        f"known for {b['cars_with_known_maximum']} of {b['cars']} sessions, fleet ratio "
+        f"{ratio} for the others; {b['sessions_with_need']} sessions with a known need; "
+        f"{taper}). The trapezoid is the last column."
+    )
+
+
 def readme(report: Report, summary: dict[str, Any]) -> str:
     """A human-readable summary with the tables and plots."""
     lines = [
@@ -266,9 +331,11 @@ def readme(report: Report, summary: dict[str, Any]) -> str:
         "",
         "## Activations",
         "",
+        f"Baseline: {_method_text(report)}",
+        "",
         "| id | signal | clear | sessions | baseline kWh | delivered kWh | shifted kWh "
-        "| performance | value EUR |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| performance | value EUR | trapezoid shifted kWh |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for a in report.activations:
         ratio = "n/a" if not np.isfinite(a.performance_ratio) else f"{a.performance_ratio:.2f}"
@@ -276,7 +343,7 @@ def readme(report: Report, summary: dict[str, Any]) -> str:
         lines.append(
             f"| {a.id} | {iso(a.t_signal_s)} | {iso(a.t_clear_s)} | {a.sessions} "
             f"| {a.baseline_kwh:.2f} | {a.delivered_kwh:.2f} | {a.shifted_kwh:.2f} | {ratio} "
-            f"| {value} |"
+            f"| {value} | {a.trapezoid_shifted_kwh:.2f} |"
         )
     lines += [
         "",

@@ -28,7 +28,7 @@ charging at ``t_s`` (in the activation's region):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -144,8 +144,15 @@ class ActivationResult:
     hold_baseline_kwh: float
     hold_shifted_kwh: float
     value_eur: float
-    segments: list[dict[str, float]] = field(default_factory=list)
+    segments: list[dict[str, Any]] = field(default_factory=list)
     series: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    method: str = "trapezoid"
+    """Which baseline the headline figures use: ``trapezoid`` (the aggregate trapezoid) or
+    ``session`` (the per-session plan baseline, :func:`plan_shifted`)."""
+    trapezoid_baseline_kwh: float = float("nan")
+    trapezoid_shifted_kwh: float = float("nan")
+    trapezoid_value_eur: float = float("nan")
+    sessions_without_plan: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record, times as ISO-8601 UTC."""
@@ -304,6 +311,30 @@ def measure_activation(
         value_eur=value,
         segments=segments,
         series={"edges_s": edges, "p_kw": p, "p_cont_kw": p_cont, "p_min_kw": ptheo},
+        trapezoid_baseline_kwh=baseline,
+        trapezoid_shifted_kwh=shifted,
+        trapezoid_value_eur=value,
+    )
+
+
+def with_session_baseline(res: ActivationResult, est: PlanEstimate) -> ActivationResult:
+    """``res`` with the per-session baseline ``est`` as its headline: ``baseline_kwh``,
+    ``shifted_kwh``, ``value_eur``, ``segments`` and ``performance_ratio =
+    E_shift / (E_base − E_min)`` from ``est``; the trapezoid stays in ``trapezoid_*``."""
+    room = est.baseline_kwh - res.theoretical_min_kwh
+    series = dict(res.series)
+    series.update(est.series)
+    return replace(
+        res,
+        method="session",
+        baseline_kwh=est.baseline_kwh,
+        delivered_kwh=est.delivered_kwh,
+        shifted_kwh=est.shifted_kwh,
+        value_eur=est.value_eur,
+        segments=est.segments,
+        performance_ratio=est.shifted_kwh / room if room > 1e-9 else float("nan"),
+        sessions_without_plan=est.without_plan,
+        series=series,
     )
 
 
@@ -312,10 +343,16 @@ def measure_activations(
     activations: pd.DataFrame,
     prices: pd.DataFrame | None = None,
     split_stopped: bool = True,
+    plan: Plan | None = None,
+    cars: CarModel | None = None,
 ) -> list[ActivationResult]:
-    """:func:`measure_activation` for each row of :func:`measurement.io.load_activations`."""
-    return [
-        measure_activation(
+    """:func:`measure_activation` for each row of :func:`measurement.io.load_activations`;
+    with a ``plan`` (the published profiles) the per-session plan baseline
+    (:func:`plan_shifted` with ``cars``) is the headline, the trapezoid kept in
+    ``trapezoid_*``."""
+    out = []
+    for a in activations.itertuples(index=False):
+        res = measure_activation(
             rec,
             str(a.id),
             float(a.t_signal_s),
@@ -325,8 +362,21 @@ def measure_activations(
             prices,
             split_stopped,
         )
-        for a in activations.itertuples(index=False)
-    ]
+        if plan is not None:
+            est = plan_shifted(
+                rec,
+                float(a.t_signal_s),
+                float(a.t_clear_s),
+                plan,
+                str(a.region),
+                cars=cars,
+                price_eur_per_mwh=float(a.price_eur_per_mwh),
+                prices=prices,
+            )
+            if est.without_plan < est.sessions:  # some session had a profile
+                res = with_session_baseline(res, est)
+        out.append(res)
+    return out
 
 
 @dataclass(frozen=True)
@@ -339,21 +389,237 @@ class Plan:
     edges_s: np.ndarray
     limits_a: np.ndarray
 
+    def limit_at(self, session_ids: np.ndarray, t_s: np.ndarray) -> np.ndarray:
+        """The plan's limit of each ``session_ids[k]`` at ``t_s[k]`` [A]; NaN where the session
+        has no plan or ``t_s`` is outside the plan's grid."""
+        row_of = {str(s): k for k, s in enumerate(self.session_ids)}
+        rows = np.array([row_of.get(str(s), -1) for s in session_ids], dtype=int)
+        table = self.limits_a.reshape(-1, self.edges_s.size - 1)
+        j = np.searchsorted(self.edges_s, np.asarray(t_s, float), side="right") - 1
+        ok = (rows >= 0) & (j >= 0) & (j < table.shape[1])
+        out = np.full(rows.size, np.nan)
+        if table.size:
+            out[ok] = table[rows[ok], j[ok]]
+        return out
+
+
+@dataclass(frozen=True)
+class CarModel:
+    """What each car takes, estimated from its own states (arrays per session of the
+    reconstruction, see :func:`estimate_cars`).
+
+    Attributes
+    ----------
+    i_max_a : numpy.ndarray
+        Highest phase current the session drew outside curtailments [A] (0 when none).
+    known : numpy.ndarray
+        True when that highest current was drawn while the profile allowed more: it is the
+        car's own maximum; otherwise it is only a lower bound.
+    fleet_ratio : float
+        Median share of the profile limit the cars with a known maximum drew at it [-]
+        (NaN when no car was seen below its limit).
+    typical_a : numpy.ndarray
+        Per session, the median known maximum of the cars charging on as many phases [A]
+        (NaN when there is none).
+    need_kwh : numpy.ndarray
+        Energy need stated in the charging preferences [kWh] (NaN when not given).
+    taper_kwh : float
+        Remaining need over which cars lower their current at the end of the charge [kWh]
+        (0 when no taper was seen).
+    taper_floor : float
+        Lowest share of its maximum a tapering car draws [-].
+    """
+
+    i_max_a: np.ndarray
+    known: np.ndarray
+    fleet_ratio: float
+    need_kwh: np.ndarray
+    taper_kwh: float
+    taper_floor: float
+    typical_a: np.ndarray | None = None
+
+    def current_a(self, sessions: np.ndarray, limit_a: np.ndarray) -> np.ndarray:
+        """What each car of ``sessions`` would take under ``limit_a`` (sessions × times) before
+        any taper [A]: ``I_max,i`` when known, else ``max(I_max,i, r · L, Ī_φ)``."""
+        i_max = self.i_max_a[sessions][:, None]
+        r = self.fleet_ratio if np.isfinite(self.fleet_ratio) else 1.0
+        guess = np.maximum(i_max, r * limit_a)
+        if self.typical_a is not None:
+            guess = np.maximum(guess, np.nan_to_num(self.typical_a[sessions])[:, None])
+        return np.where(self.known[sessions][:, None], i_max, guess)
+
+
+SEEN_MARGIN_A = 0.5
+"""A free state within this of the session's highest current shows the car's maximum [A]."""
+CURTAIL_GRACE_S = 60.0
+"""States up to this long after a clear are still treated as curtailed [s]."""
+TAPER_BELOW = 0.95
+"""A car below this share of its maximum while its profile allows more is tapering [-]."""
+MIN_TAPER_STATES = 20
+"""Fewest tapering states from which a fleet taper is learned [-]."""
+FULL_STATES = 2
+"""States at the final energy without current while the profile allowed some that show the
+car ended full [-]."""
+
+
+def plan_energy(
+    plan: Plan, rec: Reconstruction, voltage_v: float = 230.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per session of ``rec``: the energy its whole plan gives, ``Σ_j L_j · phases · V · Δt_j``
+    [kWh], and the end of its last interval with a limit above 0.5 A [s] (NaN without a
+    plan, or when the limit is still above 0.5 A at the end of the plan's grid)."""
+    n = rec.n_sessions
+    energy, ends = np.full(n, np.nan), np.full(n, np.nan)
+    row_of = {str(s): k for k, s in enumerate(plan.session_ids)}
+    rows = np.array([row_of.get(str(s), -1) for s in rec.session_ids], dtype=int)
+    have = rows >= 0
+    if not have.any():
+        return energy, ends
+    table = np.nan_to_num(plan.limits_a.reshape(-1, plan.edges_s.size - 1)[rows[have]])
+    dt_h = np.diff(plan.edges_s) / 3600.0
+    kw_per_a = rec.phases[have] * voltage_v / 1000.0
+    energy[have] = (table * dt_h[None, :]).sum(axis=1) * kw_per_a
+    pos = table > 0.5
+    last = np.where(pos.any(axis=1), pos.shape[1] - 1 - np.argmax(pos[:, ::-1], axis=1), -1)
+    # a plan whose limit is still positive at the end of its grid has not ended (no need read)
+    ended = (last >= 0) & (last + 1 < table.shape[1])
+    ends[have] = np.where(ended, plan.edges_s[np.clip(last + 1, 0, None)], np.nan)
+    return energy, ends
+
+
+def estimate_cars(
+    states: pd.DataFrame,
+    rec: Reconstruction,
+    activations: pd.DataFrame | None = None,
+    plan: Plan | None = None,
+    voltage_v: float = 230.0,
+) -> CarModel:
+    """Each car's own maximum current, the fleet ratio, the stated needs and the fleet's
+    end-of-charge taper, all from the states themselves.
+
+    With ``I_k = max_phase I`` the current of state ``k`` [A], ``L_k`` the profile limit in
+    force (``profile_a``; where not given, the plan's limit) and the states inside a curtailment
+    (``[t_s, t_c + 60 s)`` of an activation in the session's region) left out:
+
+    - ``I_max,i = max_k I_k`` over the session's charging states (``I_k > 0.5 A``);
+    - the state is *free* when ``I_k < 0.98 · L_k`` (the car, not the profile, limits it);
+      ``I_max,i`` is *known* when a free state has ``I_k ≥ I_max,i − 0.5 A``;
+    - fleet ratio ``r = median_i I_k / L_k`` over the known sessions, at their highest free
+      state; the typical car ``Ī_φ = median I_max,i`` over the known sessions on ``φ`` phases;
+    - the need ``N_i``: the final energy of a car seen full (two states at its final energy
+      without current while its profile allowed some), else the stated ``energy_need_kwh``,
+      else the energy of its whole plan when the plan ends at least 15 minutes before the
+      session leaves (made to meet it);
+    - taper: over the free states of known sessions with a need ``N_i``, the remaining
+      need ``R_k = N_i − E_k`` and the share ``ρ_k = I_k / I_max,i``; the states with
+      ``ρ_k < 0.95`` and ``R_k > 0`` are tapering. ``floor = q_5%(ρ_k)`` and
+      ``T = median(R_k / ρ_k)`` over those with ``ρ_k > floor + 0.05`` (the linear taper
+      ``ρ = R / T``). With fewer than 20 tapering states ``T = 0`` (no taper).
+
+    Parameters
+    ----------
+    states : pandas.DataFrame
+        From :func:`measurement.io.load_states` (``energy_need_kwh`` optional).
+    rec : Reconstruction
+        The reconstruction of ``states``.
+    activations : pandas.DataFrame, optional
+        From :func:`measurement.io.load_activations`.
+    plan : Plan, optional
+        The published profiles, for states without ``profile_a``.
+    """
+    n = rec.n_sessions
+    pos = {str(s): k for k, s in enumerate(rec.session_ids)}
+    sid = states["session_id"].to_numpy().astype(str)
+    k_of = np.array([pos.get(s, -1) for s in sid], dtype=int)
+    t = states["t_s"].to_numpy(float)
+    i_a = states[["i_l1_a", "i_l2_a", "i_l3_a"]].to_numpy(float).max(axis=1)
+    lim = states["profile_a"].to_numpy(float).copy()
+    if plan is not None:
+        miss = np.isnan(lim)
+        lim[miss] = plan.limit_at(sid[miss], t[miss])
+    curtailed = np.zeros(t.size, dtype=bool)
+    if activations is not None:
+        region = states["region"].to_numpy().astype(str)
+        for a in activations.itertuples(index=False):
+            inside = (t >= a.t_signal_s) & (t < a.t_clear_s + CURTAIL_GRACE_S)
+            if str(a.region):
+                inside &= region == str(a.region)
+            curtailed |= inside
+    ok = (k_of >= 0) & (i_a > 0.5) & ~curtailed
+    i_max = np.zeros(n)
+    np.maximum.at(i_max, k_of[ok], i_a[ok])
+    free = ok & np.isfinite(lim) & (i_a < CAR_LIMITED * np.nan_to_num(lim, nan=0.0))
+    top = free & (i_a >= i_max[np.maximum(k_of, 0)] - SEEN_MARGIN_A)
+    known = np.zeros(n, dtype=bool)
+    known[k_of[top]] = True
+    share = np.zeros(n)
+    np.maximum.at(share, k_of[top], i_a[top] / lim[top])
+    ratio = float(np.median(share[known])) if known.any() else float("nan")
+    typical = np.full(n, np.nan)
+    for ph in np.unique(rec.phases):
+        same = rec.phases == ph
+        if (same & known).any():
+            typical[same] = float(np.median(i_max[same & known]))
+
+    # the need: a car that stopped drawing while its profile allowed current was full, and its
+    # final energy is its need; otherwise the need stated in the charging preferences
+    e_k = states["e_kwh"].to_numpy(float)
+    valid = k_of >= 0
+    e_last = np.zeros(n)
+    np.maximum.at(e_last, k_of[valid], e_k[valid])
+    kk = np.maximum(k_of, 0)
+    idle = (
+        valid
+        & ~curtailed
+        & (e_k >= e_last[kk] - 1e-3)
+        & (i_a < 0.5)
+        & (np.nan_to_num(lim, nan=0.0) > 0.5)
+        & (e_last[kk] > 0)
+    )
+    full = np.bincount(k_of[idle], minlength=n) >= FULL_STATES
+    need = np.full(n, np.nan)
+    if "energy_need_kwh" in states.columns:
+        given = valid & np.isfinite(states["energy_need_kwh"].to_numpy(float))
+        need[k_of[given]] = states["energy_need_kwh"].to_numpy(float)[given]
+    need[full] = e_last[full]
+    if plan is not None:
+        # otherwise the plan's energy, when the plan ends well before the session leaves (it
+        # was made to meet the need)
+        planned, ends = plan_energy(plan, rec, voltage_v)
+        met = np.isnan(need) & np.isfinite(ends) & (ends <= rec.last_s - PLAN_MET_S)
+        need[met] = planned[met]
+    taper_kwh, floor = 0.0, 1.0
+    use = free & known[kk] & np.isfinite(need[kk]) & (i_max[kk] > 0.5)
+    rem = need[kk] - e_k
+    rho = np.where(use, i_a / np.where(i_max[kk] > 0, i_max[kk], 1.0), 1.0)
+    tapering = use & (rho < TAPER_BELOW) & (rem > 0)
+    if tapering.sum() >= MIN_TAPER_STATES:
+        floor = float(np.quantile(rho[tapering], 0.05))
+        mid = tapering & (rho > floor + 0.05)
+        if mid.sum() >= MIN_TAPER_STATES // 2:
+            taper_kwh = float(np.median(rem[mid] / rho[mid]))
+    return CarModel(i_max, known, ratio, need, taper_kwh, min(floor, 1.0), typical)
+
 
 @dataclass(frozen=True)
 class PlanEstimate:
-    """Shifted energy of one activation against the per-session plan baseline [kWh]."""
+    """Shifted energy of one activation against the per-session plan baseline [kWh], and its
+    value [EUR] with the per-ISP pieces."""
 
     baseline_kwh: float
     delivered_kwh: float
     shifted_kwh: float
     sessions: int
     without_plan: int
+    value_eur: float = float("nan")
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    series: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    """``base_edges_s`` [s] and ``p_base_kw``, the summed baseline power between them [kW]."""
 
 
 CAR_LIMITED = 0.98
-"""A session drawing less than this share of its profile before the signal is limited by the
-car, not the profile [-]."""
+"""A session drawing less than this share of its profile is limited by the car, not the
+profile [-]."""
 EXCEEDS = 1.1
 """A session drawing more than this share of its profile before the signal ignores it [-]."""
 FULL_FLAT_S = 240.0
@@ -372,75 +638,108 @@ def plan_shifted(
     voltage_v: float = 230.0,
     taper_kwh: float = 0.0,
     taper_floor: float = 0.3,
+    cars: CarModel | None = None,
+    price_eur_per_mwh: float = float("nan"),
+    prices: pd.DataFrame | None = None,
 ) -> PlanEstimate:
     """Shifted energy with a per-session baseline from the plan in force at the signal.
 
-    For each session ``i`` of ``S`` (as in :func:`measure_activation`), with ``P_L,i(t) = L_i(t)
-    · phases_i · V / 1000`` its plan [kW], ``p̄_i`` its mean power over the 5 minutes before
-    ``t_s`` (from its plug-in if later; a session plugged in less than a minute before the
-    signal follows its plan) and ``P̄_L,i`` the plan's mean over the same minutes:
+    For each session ``i`` of ``S`` (as in :func:`measure_activation`), with ``L_i(t)`` its plan
+    [A], ``P_L,i(t) = L_i(t) · phases_i · V / 1000`` [kW], ``p̄_i`` its mean power over the
+    5 minutes before ``t_s`` (from its plug-in if later; a session plugged in less than a minute
+    before the signal follows its plan) and ``P̄_L,i`` the plan's mean over the same minutes:
 
-    - ``c_i = p̄_i`` when ``p̄_i < 0.98 · P̄_L,i`` (the car, not the profile, limits it), else
-      ``∞``; ``p_i^cf(t) = min(P_L,i(t), c_i)``; a session drawing more than ``1.1 · P̄_L,i`` + 1 A
-      on its phases ignores its profile: ``p_i^cf(t) = p̄_i``;
+    - what the car takes, without ``cars``: ``c_i = p̄_i`` when ``p̄_i < 0.98 · P̄_L,i`` (the
+      car, not the profile, limits it), else ``∞``; ``p_i^cf(t) = min(P_L,i(t), c_i)``.
+      With ``cars`` (:func:`estimate_cars`, the car's own history):
+      ``I_i^cf(t) = min(L_i(t), I_max,i)`` when ``I_max,i`` is known, else
+      ``min(L_i(t), max(I_max,i, r · L_i(t), Ī_φ))``; ``p_i^cf = I_i^cf · phases_i · V / 1000``;
+    - a session drawing more than ``1.1 · P̄_L,i`` + 1 A on its phases ignores its profile:
+      ``p_i^cf(t) = p̄_i``; so is a session without a plan (counted in ``without_plan``);
     - ``τ_i``: the session's energy stops rising before ``t_c + 10 min`` as in the trapezoid.
       If ``τ_i`` is its last state (sent at departure), it left: ``p_i^cf = 0`` after
       ``τ_i``. If it stopped earlier while its plan still gave it current, it was full:
-      ``E_i^cf ≤ E_i(t_c + 10 min) − E_i(t_s)``, it could not have taken more than it took.
-      If its plan paused it, the plan says so already;
-    - ``E_i^cf = ∫_{t_s}^{t_c} p_i^cf dt`` (capped for the full ones);
-    - ``E_base = Σ_i E_i^cf``, ``E_del = Σ_i E_i(t_c) − E_i(t_s)``, shifted = base − delivered.
-
-    Sessions without a plan are held at ``p̄_i`` (counted in ``without_plan``).
-
-    With ``taper_kwh > 0`` the car's end of charge is modelled: its remaining need is
-    ``R_i = ∫_{t_s}^{end} min(P_L,i, c_i) dt`` (the plan was made to meet it) and, minute by
-    minute, ``p_i^cf`` is scaled by ``clip((R_i − E_i^cf(t)) / taper_kwh, taper_floor, 1)`` and
-    stops at ``R_i``; ``c_i`` is divided by that factor at ``t_s`` (a car already tapering drew
-    less than its maximum). ``R_i`` is used only when the plan ends at least 15 minutes before
-    the session leaves (a plan that runs to the departure may not meet the need).
+      ``E_i^cf ≤ E_i(t_c + 10 min) − E_i(t_s)``. If its plan paused it, the plan says so;
+    - remaining need ``R_i``: with ``cars`` and a stated need ``N_i``, ``N_i − E_i(t_s)``;
+      otherwise (with ``taper_kwh > 0`` or ``cars``) the plan's energy from ``t_s`` on,
+      ``∫ min(P_L,i, c_i) dt``, when the plan ends at least 15 minutes before the session leaves
+      (it was made to meet the need); else unknown (``∞``);
+    - end-of-charge taper ``T`` (``cars.taper_kwh`` when ``cars`` is given, else ``taper_kwh``)
+      with ``g_i(t) = clip((R_i − E_i^cf(t)) / T, floor, 1)``, minute by minute: with ``cars``
+      the car's own maximum tapers, ``I_i^cf(t) = min(L_i(t), g_i(t) · I_car,i(t))``
+      (``I_car,i`` the car's maximum above); without, ``p_i^cf`` is scaled by ``g_i`` and
+      ``c_i`` divided by ``g_i(t_s)`` (a car already tapering drew less than its own maximum).
+      Either way the session stops at ``R_i``;
+    - ``E_i^cf = ∫_{t_s}^{t_c} p_i^cf dt``; ``E_base = Σ_i E_i^cf``,
+      ``E_del = Σ_i E_i(t_c) − E_i(t_s)``, shifted = base − delivered;
+    - value: the window is cut at ISP boundaries; ``value = Σ_q (E_base,q − E_del,q) · π_q /
+      1000`` [EUR] with ``π_q`` the activation's price or, without one, the ISP's from
+      ``prices`` [EUR/MWh].
     """
     idx = active_sessions(rec, t_signal_s, region)
     if sessions is not None:
         idx = idx[np.isin(idx, sessions)]
     if idx.size == 0:
-        return PlanEstimate(0.0, 0.0, 0.0, 0, 0)
+        return PlanEstimate(
+            0.0,
+            0.0,
+            0.0,
+            0,
+            0,
+            *_plan_value(
+                np.zeros((0, 1)),
+                np.array([t_signal_s, t_clear_s]),
+                np.zeros((0, 2)),
+                price_eur_per_mwh,
+                prices,
+            ),
+        )
     row_of = {str(s): k for k, s in enumerate(plan.session_ids)}
     rows = np.array([row_of.get(str(s), -1) for s in rec.session_ids[idx]], dtype=int)
     n_min = int(np.ceil((t_clear_s - t_signal_s) / MINUTE_S - 1e-9))
-    edges = np.minimum(t_signal_s + MINUTE_S * np.arange(n_min + 1), t_clear_s)
+    minute_edges = np.minimum(t_signal_s + MINUTE_S * np.arange(n_min + 1), t_clear_s)
+    edges = np.unique(np.r_[minute_edges, isp_segments(t_signal_s, t_clear_s)])
     mid = (edges[:-1] + edges[1:]) / 2.0
     width_h = np.diff(edges) / 3600.0
     pre_mid = t_signal_s - PRE_S + MINUTE_S * (np.arange(int(PRE_S // MINUTE_S)) + 0.5)
+    phases = rec.phases[idx].astype(float)
+    kw_per_a = phases * voltage_v / 1000.0
 
     # a row of zeros stands in for sessions without a plan (they are held, see below)
-    table = np.vstack(
-        [plan.limits_a.reshape(-1, plan.edges_s.size - 1), np.zeros((1, plan.edges_s.size - 1))]
-    )
+    n_cols = plan.edges_s.size - 1
+    table = np.vstack([plan.limits_a.reshape(-1, n_cols), np.zeros((1, n_cols))])
     rows = np.where(rows < 0, table.shape[0] - 1, rows)
     no_plan = rows == table.shape[0] - 1
 
-    def limits(t: np.ndarray) -> np.ndarray:
+    def limits_a(t: np.ndarray) -> np.ndarray:
         j = np.searchsorted(plan.edges_s, t, side="right") - 1
-        ok = (j >= 0) & (j < table.shape[1])
-        lim = table[np.maximum(rows, 0)[:, None], np.clip(j, 0, table.shape[1] - 1)]
-        lim = np.where(ok[None, :], np.nan_to_num(lim), 0.0)
-        return lim * rec.phases[idx, None] * voltage_v / 1000.0
+        ok = (j >= 0) & (j < n_cols)
+        lim = table[rows[:, None], np.clip(j, 0, n_cols - 1)]
+        return np.where(ok[None, :], np.nan_to_num(lim), 0.0)
 
-    p_l = limits(mid)
+    l_a = limits_a(mid)
+    p_l = l_a * kw_per_a[:, None]
     # the pre-signal window of each session starts at its plug-in at the earliest
     a_s = np.maximum(t_signal_s - PRE_S, rec.first_s[idx])
     seen_s = t_signal_s - a_s
     in_pre = pre_mid[None, :] >= a_s[:, None]
-    p_l_pre = (limits(pre_mid) * in_pre).sum(axis=1) / np.maximum(in_pre.sum(axis=1), 1)
+    p_l_pre = (limits_a(pre_mid) * kw_per_a[:, None] * in_pre).sum(axis=1) / np.maximum(
+        in_pre.sum(axis=1), 1
+    )
     e_pre = np.diagonal(rec.energy_kwh(a_s, idx)).copy()
     e_sig = rec.energy_kwh(np.array([t_signal_s]), idx)[:, 0]
     p_bar = np.where(seen_s > 0, (e_sig - e_pre) * 3600.0 / np.maximum(seen_s, 1e-9), 0.0)
     judged = seen_s >= MINUTE_S  # too short a history: follow the plan
-    cap = np.where(judged & (p_bar < CAR_LIMITED * p_l_pre), p_bar, np.inf)
-    p_cf = np.minimum(p_l, cap[:, None])
-    tol_kw = rec.phases[idx] * voltage_v / 1000.0  # 1 A on each phase
-    exceeds = judged & (p_bar > EXCEEDS * p_l_pre + tol_kw)
+    if cars is None:
+        cap = np.where(judged & (p_bar < CAR_LIMITED * p_l_pre), p_bar, np.inf)
+        p_cf = np.minimum(p_l, cap[:, None])
+        t_kwh, t_floor = taper_kwh, taper_floor
+    else:
+        p_car = cars.current_a(idx, l_a) * kw_per_a[:, None]
+        p_cf = np.minimum(p_l, p_car)
+        cap = np.full(idx.size, np.inf)  # the car's maximum is already in p_cf
+        t_kwh, t_floor = cars.taper_kwh, cars.taper_floor
+    exceeds = judged & (p_bar > EXCEEDS * p_l_pre + kw_per_a)  # 1 A on each phase
     hold = exceeds | no_plan
     p_cf[hold] = p_bar[hold, None]
     # sessions whose energy stops rising before the horizon: those that left (their last state,
@@ -452,51 +751,107 @@ def plan_shifted(
     done = e_h >= e_h[:, -1:] - 1e-6
     tau = horizon[np.argmax(done, axis=1)]
     stopped = tau < horizon[-1] - MINUTE_S
-    last = rec.last_s[idx]
-    left = stopped & (tau >= last - FULL_FLAT_S)
-    p_cf[left[:, None] & (mid[None, :] >= tau[:, None])] = 0.0
-    j_tau = np.clip(np.searchsorted(plan.edges_s, tau + 30.0, side="right") - 1, 0, None)
-    lim_tau = np.nan_to_num(table[np.maximum(rows, 0), np.minimum(j_tau, table.shape[1] - 1)])
+    left = stopped & (tau >= rec.last_s[idx] - FULL_FLAT_S)
+    gone = left[:, None] & (mid[None, :] >= tau[:, None])
+    j_tau = np.clip(np.searchsorted(plan.edges_s, tau + 30.0, side="right") - 1, 0, n_cols - 1)
+    lim_tau = np.nan_to_num(table[rows, j_tau])
     full = stopped & ~left & (lim_tau > 0.5) & ~no_plan
-    e_at = rec.energy_kwh(np.array([t_signal_s, t_clear_s]), idx)
     e_end = rec.energy_kwh(np.array([horizon[-1]]), idx)[:, 0]
-    room = np.where(full, e_end - e_at[:, 0], np.inf)
-    if taper_kwh > 0:
-        # remaining need: the energy the plan gives from t_s on (the plan was made to meet it);
-        # the car tapers over its last taper_kwh down to taper_floor (constant-voltage phase)
+    room = np.where(full, e_end - e_sig, np.inf)
+
+    need = np.full(idx.size, np.inf)
+    if t_kwh > 0 or cars is not None:
+        # the plan's energy from t_s on, when the plan ends well before the session leaves
         j0 = int(np.searchsorted(plan.edges_s, t_signal_s, side="right") - 1)
         seg_lo = np.maximum(plan.edges_s[:-1], t_signal_s)
         dur_h = np.clip(plan.edges_s[1:] - seg_lo, 0, None) / 3600.0
         dur_h[: max(j0, 0)] = 0.0
-        lim_all = np.nan_to_num(table[np.maximum(rows, 0)])
-        kw_all = lim_all * rec.phases[idx, None] * voltage_v / 1000.0
-        need = (np.minimum(kw_all, cap[:, None]) * dur_h[None, :]).sum(axis=1)
-        # the plan meets the need only when it ends well before the session leaves
+        lim_all = np.nan_to_num(table[rows])
+        kw_all = lim_all * kw_per_a[:, None]
+        if cars is not None:
+            kw_all = np.minimum(lim_all, cars.current_a(idx, lim_all)) * kw_per_a[:, None]
+        by_plan = (np.minimum(kw_all, cap[:, None]) * dur_h[None, :]).sum(axis=1)
         pos_lim = lim_all > 0.5
         last_j = np.where(
             pos_lim.any(axis=1), pos_lim.shape[1] - 1 - np.argmax(pos_lim[:, ::-1], axis=1), -1
         )
         plan_end = plan.edges_s[np.clip(last_j + 1, 0, plan.edges_s.size - 1)]
-        met = (last_j >= 0) & (plan_end <= rec.last_s[idx] - PLAN_MET_S)
-        need = np.where(hold | ~met, np.inf, need)
+        # the plan must end inside its grid: one still giving current at its end says nothing
+        met = (last_j >= 0) & (last_j + 1 < n_cols) & (plan_end <= rec.last_s[idx] - PLAN_MET_S)
+        need = np.where(met, by_plan, np.inf)
+        if cars is not None:
+            stated = cars.need_kwh[idx]
+            need = np.where(np.isfinite(stated), np.maximum(stated - e_sig, 0.0), need)
+        need = np.where(hold, np.inf, need)
+    if t_kwh > 0 and cars is None:
         # a car already tapering at the signal drew less than its own maximum: undo that
-        shape0 = np.where(np.isfinite(need), np.clip(need / taper_kwh, taper_floor, 1.0), 1.0)
+        shape0 = np.where(np.isfinite(need), np.clip(need / t_kwh, t_floor, 1.0), 1.0)
         p_cf = np.where(hold[:, None], p_cf, np.minimum(p_l, (cap / shape0)[:, None]))
-        p_cf[left[:, None] & (mid[None, :] >= tau[:, None])] = 0.0
-        e_cf = np.zeros(idx.size)
-        for m in range(mid.size):
-            rem = need - e_cf
-            shape = np.where(np.isfinite(rem), np.clip(rem / taper_kwh, taper_floor, 1.0), 1.0)
-            e_cf += np.minimum(p_cf[:, m] * shape * width_h[m], np.maximum(rem, 0.0))
-        e_cf = np.minimum(e_cf, room)
-    else:
-        e_cf = np.minimum((p_cf * width_h[None, :]).sum(axis=1), room)
-    baseline = float(e_cf.sum())
-    delivered = float((e_at[:, 1] - e_at[:, 0]).sum())
+    p_cf[gone] = 0.0
+    e_int = np.zeros_like(p_cf)
+    e_cf = np.zeros(idx.size)
+    for m in range(mid.size):
+        rem = need - e_cf
+        shape: Any = 1.0
+        if t_kwh > 0:
+            shape = np.where(np.isfinite(rem), np.clip(rem / t_kwh, t_floor, 1.0), 1.0)
+        if cars is None:
+            p_m = p_cf[:, m] * shape
+        else:  # the car's own maximum tapers; the plan's limit does not
+            p_m = np.where(
+                hold | gone[:, m], p_cf[:, m], np.minimum(p_l[:, m], p_car[:, m] * shape)
+            )
+        e_int[:, m] = np.minimum(p_m * width_h[m], np.maximum(rem, 0.0))
+        e_cf += e_int[:, m]
+    # a full car takes no more than it took by the horizon
+    capped = np.minimum(np.cumsum(e_int, axis=1), room[:, None])
+    e_int = np.diff(np.concatenate([np.zeros((idx.size, 1)), capped], axis=1), axis=1)
+    e_at = rec.energy_kwh(edges, idx)
+    value, segments = _plan_value(e_int, edges, e_at, price_eur_per_mwh, prices)
+    baseline = float(e_int.sum())
+    delivered = float((e_at[:, -1] - e_at[:, 0]).sum())
     return PlanEstimate(
         baseline_kwh=baseline,
         delivered_kwh=delivered,
         shifted_kwh=baseline - delivered,
         sessions=int(idx.size),
         without_plan=int(no_plan.sum()),
+        value_eur=value,
+        segments=segments,
+        series={"base_edges_s": edges, "p_base_kw": e_int.sum(axis=0) / width_h},
     )
+
+
+def _plan_value(
+    e_int: np.ndarray,
+    edges: np.ndarray,
+    e_at: np.ndarray,
+    price_eur_per_mwh: float,
+    prices: pd.DataFrame | None,
+) -> tuple[float, list[dict[str, Any]]]:
+    """Value [EUR] and per-ISP pieces of a per-session baseline: ``e_int`` the counterfactual
+    energy per session and interval between ``edges`` [kWh], ``e_at`` the reconstructed energy
+    at ``edges`` [kWh]."""
+    cuts = isp_segments(float(edges[0]), float(edges[-1]))
+    value = 0.0
+    segments = []
+    for a in range(cuts.size - 1):
+        inside = (edges[:-1] >= cuts[a] - 1e-6) & (edges[1:] <= cuts[a + 1] + 1e-6)
+        base = float(e_int[:, inside].sum())
+        ja = int(np.argmin(np.abs(edges - cuts[a])))
+        jb = int(np.argmin(np.abs(edges - cuts[a + 1])))
+        dlv = float((e_at[:, jb] - e_at[:, ja]).sum()) if e_at.size else 0.0
+        price = price_eur_per_mwh
+        if not np.isfinite(price):
+            price = price_at(prices, cuts[a])
+        value += (base - dlv) * price / 1000.0
+        segments.append(
+            {
+                "isp_start": iso(np.floor(cuts[a] / ISP_S) * ISP_S),
+                "baseline_kwh": round(base, 6),
+                "delivered_kwh": round(dlv, 6),
+                "shifted_kwh": round(base - dlv, 6),
+                "price_eur_per_mwh": None if not np.isfinite(price) else price,
+            }
+        )
+    return value, segments

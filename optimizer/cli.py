@@ -280,6 +280,13 @@ def measure(
         Path | None, typer.Option(help="Station smart-meter energy per ISP (CSV or JSON).")
     ] = None,
     prices: Annotated[Path | None, typer.Option(help="Imbalance price per ISP.")] = None,
+    profiles: Annotated[
+        Path | None,
+        typer.Option(
+            help="Profiles sent to each session (session_id, start, limit_a[, end]) or a "
+            "gridcharge schedule JSON: the headline then uses the per-session plan baseline."
+        ),
+    ] = None,
     tz: Annotated[
         str, typer.Option(help="Time zone of the hour-of-day curve.")
     ] = "Europe/Amsterdam",
@@ -291,7 +298,13 @@ def measure(
     curve from OCPI meter states; write a report (README, JSON, CSV, PNG plots)."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-    from measurement.io import load_activations, load_meters, load_prices, load_states
+    from measurement.io import (
+        load_activations,
+        load_meters,
+        load_prices,
+        load_profiles,
+        load_states,
+    )
     from measurement.report import build_report, write_report
 
     try:
@@ -303,22 +316,33 @@ def measure(
         act = load_activations(activations)
         met = load_meters(meters) if meters is not None else None
         pri = load_prices(prices) if prices is not None else None
-        report = build_report(st, act, met, pri, tz=tz)
+        plan = load_profiles(profiles) if profiles is not None else None
+        report = build_report(st, act, met, pri, tz=tz, profiles=plan)
     except GridchargeError as exc:
         raise fail(str(exc)) from None
     write_report(report, output)
-    table = Table(title="Activations", box=box.SIMPLE)
-    for col in ("id", "sessions", "baseline kWh", "delivered kWh", "shifted kWh", "value EUR"):
-        table.add_column(col, justify="left" if col == "id" else "right")
+    method = "per-session plan baseline" if plan is not None else "trapezoid"
+    table = Table(
+        title=f"Activations, kWh and EUR (baseline: {method})",
+        box=box.SIMPLE,
+        padding=(0, 1),
+        pad_edge=False,
+    )
+    cols = ("id", "sessions", "baseline", "delivered", "shifted", "EUR")
+    for col in cols + (("trapezoid",) if plan is not None else ()):
+        table.add_column(col, justify="left" if col == "id" else "right", no_wrap=col == "id")
     for a in report.activations:
-        table.add_row(
+        row = [
             a.id,
             str(a.sessions),
             f"{a.baseline_kwh:.2f}",
             f"{a.delivered_kwh:.2f}",
             f"{a.shifted_kwh:.2f}",
             "n/a" if a.value_eur != a.value_eur else f"{a.value_eur:.2f}",
-        )
+        ]
+        if plan is not None:
+            row.append(f"{a.trapezoid_shifted_kwh:.2f}")
+        table.add_row(*row)
     console.print(table)
     console.print(
         f"non-responding: {len(report.stations)} stations; report written to {output}/README.md"
@@ -338,11 +362,11 @@ def simulate_day_cmd(
     ),
 ) -> None:
     """Simulate a day with demand-response activations and write the files `gridcharge
-    measure` reads (states, activations, meters, prices) plus the ground truth."""
+    measure` reads (states, activations, meters, prices, profiles) plus the ground truth."""
     from optimizer.network import compile_network
     from optimizer.scenario import parse_scenario
     from simulation.fleet import generate_scenario
-    from simulation.truth import plan_activations, simulate_day
+    from simulation.truth import plan_activations, profiles_table, simulate_day
 
     if stations < 1:
         raise fail(f"--stations: must be >= 1 (got {stations})")
@@ -354,6 +378,8 @@ def simulate_day_cmd(
     schedule = solve_network(compile_network(parse_scenario(sc)), method)
     day = simulate_day(sc, schedule, plan_activations(sc, seed), seed, misbehaving)
     paths = day.write(output)
+    paths["profiles"] = output / "profiles.csv"
+    profiles_table(schedule).to_csv(paths["profiles"], index=False)
     console.print(
         f"wrote {', '.join(p.name for p in paths.values())} to {output}: "
         f"{len(day.session_ids)} sessions, {len(day.states)} states, "

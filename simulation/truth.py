@@ -447,6 +447,7 @@ def _states(
     cur[one, ses["phase"][sess[one]]] = i_now[one]
     step = np.minimum(((t - start) // net.grid.step_s).astype(int), net.steps - 1)
     profile = sched[sess, step]
+    need = ses["need"][sess]  # the charging preferences' energy_need
     for a, who in zip(activations, targeted, strict=True):
         inw = (t >= a["t_signal_s"]) & (t < a["t_clear_s"]) & np.isin(sess, who)
         profile[inw] = np.minimum(profile[inw], net.min_a[sess[inw]])
@@ -465,6 +466,7 @@ def _states(
             "min_current_a": net.min_a[sess],
             "profile_a": np.round(profile, 2),
             "opt_out": net.opt_out[sess],
+            "energy_need_kwh": np.round(np.where(np.isfinite(need), need, np.nan), 3),
         }
     )
 
@@ -487,5 +489,28 @@ def _meters(rng: np.random.Generator, day: TruthDay, stations: np.ndarray) -> pd
             "station": np.repeat(stations, isp.shape[1]),
             "start": np.tile(starts, stations.size),
             "kwh": np.round(delta.ravel(), 3),
+        }
+    )
+
+
+def profiles_table(schedule: dict[str, Any]) -> pd.DataFrame:
+    """The profiles the simulated day follows, as ``gridcharge measure --profiles`` reads them:
+    one row ``session_id, start, limit_a`` per session and change of its scheduled current
+    [A] (the limit holds until the session's next row; a last row of 0 A ends it)."""
+    grid = schedule["grid"]
+    start = pd.Timestamp(grid["start"]).timestamp()
+    step_s = int(grid["step_s"])
+    rows: list[tuple[str, float, float]] = []
+    for sid, entry in schedule["sessions"].items():
+        cur = np.round(np.asarray(entry["current_a"], dtype=float), 2)
+        change = np.r_[True, cur[1:] != cur[:-1]]
+        for j in np.nonzero(change)[0]:
+            rows.append((str(sid), start + step_s * float(j), float(cur[j])))
+    frame = pd.DataFrame(rows, columns=["session_id", "t_s", "limit_a"])
+    return pd.DataFrame(
+        {
+            "session_id": frame["session_id"],
+            "start": iso_utc(frame["t_s"].to_numpy()),
+            "limit_a": frame["limit_a"],
         }
     )

@@ -22,6 +22,9 @@ from api.measure_dr import (
     MeasureError,
     day_report,
     erasable_report,
+    plan_at_signal,
+    profiles_at_states,
+    sent_profiles,
     states_frame,
 )
 from api.measure_dr import (
@@ -33,7 +36,12 @@ from measurement.errors import MeasurementError
 from measurement.flexibility import non_responding
 from measurement.io import load_activations, load_prices, load_states
 from measurement.reconstruct import reconstruct
-from measurement.shifted import measure_activations
+from measurement.shifted import (
+    estimate_cars,
+    measure_activations,
+    plan_shifted,
+    with_session_baseline,
+)
 
 router = APIRouter(tags=["measurement"])
 
@@ -152,6 +160,29 @@ def activation_report(
     rec = reconstruct(states, np.r_[activations["t_signal_s"], activations["t_clear_s"]])
     results = measure_activations(rec, activations, prices)
     evidence, stations = non_responding(states, rec, activations, tolerance_a=body.tolerance_a)
+    # with the profiles sent to the CPO before each signal, the per-session baseline is the
+    # headline (each car's maximum, need and taper learned from the states)
+    ids = [str(s) for s in rec.session_ids]
+    sent = sent_profiles(db, ids, hi)
+    if sent:
+        limits = profiles_at_states(states, sent)
+        given = states["profile_a"].to_numpy(float)
+        states["profile_a"] = np.where(np.isnan(given), limits, given)
+        cars = estimate_cars(states, rec, activations)
+        for k, a in enumerate(activations.itertuples(index=False)):
+            ts, tc = float(a.t_signal_s), float(a.t_clear_s)
+            est = plan_shifted(
+                rec,
+                ts,
+                tc,
+                plan_at_signal(ids, sent, ts, tc),
+                str(a.region),
+                cars=cars,
+                price_eur_per_mwh=float(a.price_eur_per_mwh),
+                prices=prices,
+            )
+            if est.without_plan < est.sessions:
+                results[k] = with_session_baseline(results[k], est)
     return {
         "activations": [r.to_dict() for r in results],
         "non_responding": evidence.to_dict(orient="records"),

@@ -205,9 +205,12 @@ def test_activation_report_from_the_log(
     assert flow["true_shift_kwh"] == pytest.approx(2 * 5.52 * 590 / 3600, rel=1e-3)
     assert rep["shifted_kwh"] == pytest.approx(flow["true_shift_kwh"], rel=0.05)
     assert rep["baseline_kwh"] == pytest.approx(3 * P_MAX / 6, rel=0.02)
-    # no profile was sent before the signal: the plan baseline holds each session's power
+    # no profile was sent before the signal: the plan baseline holds each session's power,
+    # and the headline stays the trapezoid
     assert rep["plan_sessions_without_plan"] == 3
     assert rep["plan_shifted_kwh"] == pytest.approx(flow["true_shift_kwh"], rel=0.05)
+    assert rep["method"] == "trapezoid"
+    assert rep["trapezoid_shifted_kwh"] == pytest.approx(rep["shifted_kwh"], abs=1e-6)
     assert rep["theoretical_min_kwh"] == pytest.approx(3 * P_MIN / 6, rel=1e-3)
     assert rep["performance_ratio"] == pytest.approx(2 / 3, abs=0.04)
     assert rep["price_eur_per_mwh"] == PRICE
@@ -310,3 +313,76 @@ def test_profile_in_force() -> None:
     got = profile_in_force(t, [old, new], [(1850.0, 2000.0, 8.0)], grace_s=60.0)
     want = np.array([np.nan, 16.0, 10.0, 10.0, 6.0, np.nan, 8.0, np.nan])
     np.testing.assert_array_equal(got, want)
+
+
+def test_activation_report_with_profiles_sent_before_the_signal(
+    app: TestClient, keys: dict[str, str], flow: dict[str, Any], db_url: str
+) -> None:
+    """With the profiles pushed to the CPO before the signal (16 A; 8 A for ``s-d``) the
+    headline is the per-session plan baseline: each curtailed car at what it drew under its
+    profile for the 10 minutes, the two that followed shifting 2 · 5.52 kW · 590 s."""
+    push_profiles(db_url, flow["start"])
+    r = app.get(
+        f"/v1/demand-response/activations/{flow['id']}/measurement",
+        headers=auth(keys["brp"]),
+    )
+    assert r.status_code == 200, r.text
+    rep = r.json()
+    assert rep["method"] == "session" and rep["plan_sessions_without_plan"] == 0
+    assert rep["baseline_kwh"] == pytest.approx(3 * P_MAX / 6, rel=0.01)
+    assert rep["shifted_kwh"] == pytest.approx(flow["true_shift_kwh"], rel=0.02)
+    assert rep["plan_shifted_kwh"] == pytest.approx(rep["shifted_kwh"], abs=1e-6)
+    assert rep["trapezoid_shifted_kwh"] == pytest.approx(flow["true_shift_kwh"], rel=0.05)
+    assert rep["value_eur"] == pytest.approx(rep["shifted_kwh"] * PRICE / 1000, rel=1e-6)
+    assert [s["price_eur_per_mwh"] for s in rep["segments"]] == [PRICE]
+    # the ad-hoc report of the same window: the profiles sent before the signal are the plan
+    r = app.post(
+        "/v1/measurement/activation-report",
+        json={
+            "activations": [
+                {
+                    "id": "x",
+                    "t_signal": z(flow["t_signal"]),
+                    "t_clear": z(flow["restore"]),
+                    "region": "region-01",
+                    "price_eur_per_mwh": PRICE,
+                }
+            ]
+        },
+        headers=auth(keys["operator"]),
+    )
+    assert r.status_code == 200, r.text
+    (adhoc,) = r.json()["activations"]
+    assert adhoc["method"] == "session" and adhoc["sessions_without_plan"] == 0
+    # s-d, at its minimum, was not curtailed but charges at the signal: it shifts nothing
+    assert adhoc["sessions"] == 4
+    assert adhoc["shifted_kwh"] == pytest.approx(flow["true_shift_kwh"], rel=0.02)
+    assert adhoc["value_eur"] == pytest.approx(adhoc["shifted_kwh"] * PRICE / 1000, rel=1e-6)
+
+
+def push_profiles(db_url: str, start: datetime) -> None:
+    """Profiles as pushed to the CPO at ``start``: each session's own current for 4 hours."""
+    from api.db import make_engine, make_sessionmaker, transaction
+    from api.models import OutboxItem
+
+    engine = make_engine(db_url)
+    with transaction(make_sessionmaker(engine)) as db:
+        for k, sid in enumerate(SESSIONS):
+            limit = SESSIONS[sid][1]
+            db.add(
+                OutboxItem(
+                    session_id=sid,
+                    cursor=k,
+                    status="sent",
+                    created_at=start,
+                    payload={
+                        "charging_profile": {
+                            "start_date_time": z(start),
+                            "charging_rate_unit": "A",
+                            "duration": 4 * 3600,
+                            "charging_profile_period": [{"start_period": 0, "limit": limit}],
+                        }
+                    },
+                )
+            )
+    engine.dispose()

@@ -132,7 +132,7 @@ def test_simulate_day_then_measure(tmp_path: Path) -> None:
     sim = tmp_path / "sim"
     res = runner.invoke(app, ["simulate-day", "--stations", "20", "--seed", "4", "-o", str(sim)])
     assert res.exit_code == 0, res.output
-    for name in ("states", "activations", "meters", "prices", "injected", "truth"):
+    for name in ("states", "activations", "meters", "prices", "injected", "truth", "profiles"):
         assert (sim / f"{name}.csv").exists()
     out = tmp_path / "report"
     res = runner.invoke(
@@ -154,5 +154,106 @@ def test_simulate_day_then_measure(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     report = json.loads((out / "report.json").read_text())
     assert len(report["activations"]) == len(pd.read_csv(sim / "activations.csv"))
+    assert {a["method"] for a in report["activations"]} == {"trapezoid"}
+    # with the profiles the simulator wrote, the headline is the per-session baseline
+    res = runner.invoke(
+        app,
+        [
+            "measure",
+            "--states",
+            str(sim / "states.csv"),
+            "--activations",
+            str(sim / "activations.csv"),
+            "--profiles",
+            str(sim / "profiles.csv"),
+            "-o",
+            str(tmp_path / "with-profiles"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "with-profiles" / "report.json").read_text())
+    measured = [a for a in report["activations"] if a["sessions"]]
+    assert measured and {a["method"] for a in measured} == {"session"}
     assert runner.invoke(app, ["simulate-day", "--stations", "0"]).exit_code == 2
     assert runner.invoke(app, ["simulate-day", "--method", "milp"]).exit_code == 2
+
+
+def _profiles(path: Path, **change: object) -> Path:
+    rows = [
+        {"session_id": sid, "start": cases.iso(cases.T0), "limit_a": 16.0, "end": ""}
+        for sid in ("a", "b")
+    ]
+    rows[1].update(change)
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_measure_with_profiles_uses_the_session_baseline(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    """Both cars of the hand case are planned at 16 A and drew it: the per-session baseline is
+    2 · 11.04 kW · 10 min = 3.68 kWh, shifted 0.92 kWh, valued at the ISP's 250 EUR/MWh; the
+    trapezoid (the same here) stays in ``trapezoid_*``."""
+    out = tmp_path / "report"
+    args = ["measure", "--states", str(files["states"]), "--activations", str(files["activations"])]
+    args += ["--prices", str(files["prices"]), "-o", str(out)]
+    args += ["--profiles", str(_profiles(tmp_path / "profiles.csv"))]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "per-session plan baseline" in res.output
+    report = json.loads((out / "report.json").read_text())
+    (act,) = report["activations"]
+    assert act["method"] == "session" and report["baseline"]["method"] == "session"
+    assert act["baseline_kwh"] == pytest.approx(3.68, abs=2e-3)
+    assert act["shifted_kwh"] == pytest.approx(0.92, abs=2e-3)
+    assert act["trapezoid_shifted_kwh"] == pytest.approx(0.92, abs=2e-3)
+    # performance ratio E_shift / (E_base − E_min) = 0.92 / (3.68 − 1.84)
+    assert act["performance_ratio"] == pytest.approx(0.5, abs=2e-3)
+    assert act["value_eur"] == pytest.approx(0.92 * 0.25, abs=1e-3)
+    assert [s["price_eur_per_mwh"] for s in act["segments"]] == [250]
+    assert "per-session plan baseline" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"start": "2026-11-20T10:00:00"}, "profiles[1].start: needs a UTC offset"),
+        ({"limit_a": -2}, "profiles[1].limit_a: must be >= 0"),
+        ({"end": "2026-11-20T09:00:00Z"}, "profiles[1].end: must be after start"),
+    ],
+)
+def test_bad_profiles_exit_2_with_one_line(
+    files: dict[str, Path], tmp_path: Path, change: dict, message: str
+) -> None:
+    out = tmp_path / "report"
+    res = runner.invoke(
+        app,
+        [
+            "measure",
+            "--states",
+            str(files["states"]),
+            "--activations",
+            str(files["activations"]),
+            "--profiles",
+            str(_profiles(tmp_path / "profiles.csv", **change)),
+            "-o",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 2
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0]
+    assert not out.exists()
+    res = runner.invoke(
+        app,
+        [
+            "measure",
+            "--states",
+            str(files["states"]),
+            "--activations",
+            str(files["activations"]),
+            "--profiles",
+            str(tmp_path / "none.csv"),
+        ],
+    )
+    assert res.exit_code == 2 and "profiles: cannot be read" in res.output
