@@ -289,6 +289,8 @@ class PartitionedTwin:
         the previous basis matched by key (:mod:`optimizer.warm`).
     map_bases : bool
         Start reshaped parts from a mapped basis instead of cold.
+    net_keys : NetKeys | None
+        The network's stable ids, when the caller has them already (else made from ``book``).
     """
 
     name = "highs"
@@ -304,6 +306,7 @@ class PartitionedTwin:
         book: KeyBook | None = None,
         warm: WarmState | None = None,
         map_bases: bool = False,
+        net_keys: NetKeys | None = None,
     ) -> None:
         t0 = time.perf_counter()
         self.map_bases = map_bases
@@ -316,7 +319,9 @@ class PartitionedTwin:
         self.reused_parts: set[int] = set()
         self.scheduler = scheduler
         self._pool: ThreadPoolExecutor | None = None
-        self.net_keys = NetKeys.of(problem.net, book) if book and problem.net else None
+        if net_keys is None and book is not None and problem.net is not None:
+            net_keys = NetKeys.of(problem.net, book)
+        self.net_keys = net_keys
         self.keys: list[ModelKeys] = []
         self.shapes: list[bytes] = []
         self.values: list[bytes] = []

@@ -147,7 +147,10 @@ def required_level_a(net: Network) -> np.ndarray:
 
 
 def build_problem(
-    net: Network, weights: Weights | None = None, anchor_a: np.ndarray | None = None
+    net: Network,
+    weights: Weights | None = None,
+    anchor_a: np.ndarray | None = None,
+    span: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> ChargingProblem:
     """Arrays of the scheduling LP for a compiled network.
 
@@ -162,11 +165,19 @@ def build_problem(
         before it the lower bound is ``min(no-pause level, anchor)``. Within the window the LP
         chooses the currents freely. The LP then obeys the no-pause rule by construction, and
         since the anchor meets every bound the LP optimum is never worse than the anchor.
+    span : tuple of numpy.ndarray, optional
+        First step and one past the last step [step] of each session's columns, a superset of
+        its stay ``first ≤ t < end`` (default: the stay). Columns outside the stay are *idle*:
+        fixed at 0 A, cost 0, so the LP and its optimum are the same as without them. A live
+        engine keeps a session's columns when its predicted departure or energy need moves, so
+        the change is a change of bounds that the solver re-solves from its basis
+        (:mod:`optimizer.engine`).
     """
     w = weights or Weights()
     dt_h = net.dt_h
     present = net.presence()
-    var_session, var_step = np.nonzero(present)  # ordered by session, then step
+    columns = present if span is None else _span_mask(net, present, *span)
+    var_session, var_step = np.nonzero(columns)  # ordered by session, then step
     nv = var_session.size
     var_of = np.full(present.shape, -1, dtype=np.int64)
     var_of[var_session, var_step] = np.arange(nv)
@@ -209,18 +220,29 @@ def build_problem(
     full = need_eff[var_session] <= 1e-9
     hi[full] = 0.0
     lo[full] = 0.0
+    idle = None if span is None else ~present[var_session, var_step]
+    if idle is not None:
+        hi[idle] = 0.0
+        lo[idle] = 0.0
 
     # front-loading: relative position in the stay, in (0, 1]
     front = (pos + 1.0) / np.maximum(stay[var_session], 1.0)
     cost = w.front_per_kwh * front * kwh
     if net.price_eur_per_mwh is not None:
         cost = cost + w.price_weight * net.price_eur_per_mwh[var_step] / 1000.0 * kwh
+    if idle is not None:
+        cost[idle] = 0.0
 
     # a pause-consent car that needs less than one step at its minimum fills in one shorter step
     pause = net.pause_consent[var_session]
     req[pause] = np.minimum(req[pause], need_eff[var_session[pause]] / kwh[pause])
 
-    energy_session = np.nonzero(need_eff > 1e-9)[0]
+    with_row = need_eff > 1e-9
+    if span is not None:
+        # a session keeps its row while it has columns, even when its stay shrank to nothing
+        # (its columns are idle, the row reads 0 = 0), so the shape does not change
+        with_row |= columns.any(axis=1)
+    energy_session = np.nonzero(with_row)[0]
     e_row_of_session = np.full(net.n_sessions, -1, dtype=np.int64)
     e_row_of_session[energy_session] = np.arange(energy_session.size)
     e_rows = e_row_of_session[var_session]
@@ -230,7 +252,7 @@ def build_problem(
     )
 
     limit_rows, limit_rhs, limit_group, limit_step = _limit_rows(
-        net, present, var_session, var_step
+        net, columns, var_session, var_step
     )
     target_rows, target_kw = _target_rows(net, var_of, kw)
 
@@ -261,6 +283,14 @@ def build_problem(
     )
 
 
+def _span_mask(net: Network, present: np.ndarray, first: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Boolean ``sessions × steps`` of the columns: the stay, widened to ``[first, end)``."""
+    if first.shape != (net.n_sessions,) or end.shape != (net.n_sessions,):
+        raise ValueError(f"span: one first and end step per session expected (got {first.shape})")
+    t = np.arange(net.steps)
+    return present | ((t[None, :] >= first[:, None]) & (t[None, :] < end[:, None]))
+
+
 def _limit_rows(
     net: Network, present: np.ndarray, var_session: np.ndarray, var_step: np.ndarray
 ) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray, np.ndarray]:
@@ -279,13 +309,25 @@ def _limit_rows(
     n_rows = bind_g.size
     row_of = np.full(groups.limit.shape, -1, dtype=np.int64)  # (group, step) -> row or -1
     row_of[bind_g, bind_t] = np.arange(n_rows)
-    # every variable's group memberships: the rows of a sessions × groups matrix, one per
-    # variable; the entry (variable, group) lands in row (group, variable's step) when built
-    member = groups.coef.T.tocsr()[var_session]
-    entry_var = np.repeat(np.arange(nv), np.diff(member.indptr))
-    row = row_of[member.indices, var_step[entry_var]]
+    # the memberships (session, group) of groups with a row at all, per session
+    member = groups.coef.T.tocsr()
+    useful = can_bind.any(axis=1)[member.indices]
+    m_index, m_data = member.indices[useful], member.data[useful]
+    m_count = np.bincount(
+        np.repeat(np.arange(net.n_sessions), np.diff(member.indptr))[useful],
+        minlength=net.n_sessions,
+    )
+    m_start = np.cumsum(m_count) - m_count
+    # every variable takes its session's memberships: entries in variable (column) order, and
+    # within a variable in group order, which is row order: the arrays of a CSC matrix
+    count = m_count[var_session]
+    first = np.cumsum(count) - count
+    flat = np.repeat(m_start[var_session] - first, count) + np.arange(int(count.sum()))
+    entry_var = np.repeat(np.arange(nv), count)
+    row = row_of[m_index[flat], var_step[entry_var]]
     ok = row >= 0
-    rows = sp.csr_matrix((member.data[ok], (row[ok], entry_var[ok])), shape=(n_rows, nv))
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(entry_var[ok], minlength=nv))])
+    rows = sp.csc_matrix((m_data[flat[ok]], row[ok], indptr), shape=(n_rows, nv)).tocsr()
     rhs = groups.limit[bind_g, bind_t]
     return rows, rhs, bind_g, bind_t
 
