@@ -35,8 +35,8 @@ def greedy_currents_a(net: Network) -> np.ndarray:
     """Current [A] per session and step from the least-laxity-first greedy.
 
     Each step works only on the sessions charging in it (a few thousand of tens of thousands)
-    and on step-major copies of the per-step arrays, so the whole day costs about as much as
-    one pass over the sessions' stays.
+    and the groups they belong to, so the whole day costs about as much as one pass over the
+    sessions' stays.
 
     Parameters
     ----------
@@ -53,8 +53,7 @@ def greedy_currents_a(net: Network) -> np.ndarray:
     current_t = np.zeros((steps, n))  # step-major while filling: rows are contiguous
     remaining = deliverable_need_kwh(net)
     kwh_per_a = net.kw_per_a * net.dt_h
-    req_t = np.ascontiguousarray(required_level_a(net).T)
-    step_max_t = np.ascontiguousarray(net.step_max_a().T)
+    req_all = required_level_a(net)
     limit_t = np.ascontiguousarray(net.groups.limit.T)
     coef = net.groups.coef.tocsc()  # columns sliced to the sessions charging in each step
     member_t = coef.T.tocsr()  # sessions × groups: the groups each session belongs to
@@ -71,8 +70,9 @@ def greedy_currents_a(net: Network) -> np.ndarray:
         # positions below are local: k stands for session idx[k]
         rem = remaining[idx]
         kwh = kwh_per_a[idx]
-        hi = np.minimum(step_max_t[t, idx], rem / kwh)
-        level = np.minimum(req_t[t, idx], hi)
+        step_max = net.max_a[idx] if net.cap_a is None else net.step_max_a_at(idx, t)
+        hi = np.minimum(step_max, rem / kwh)
+        level = np.minimum(req_all[idx, t], hi)
         alloc = np.where(pause[idx], 0.0, level)
         limit = limit_t[t]
         coef_t = coef[:, idx]

@@ -119,6 +119,13 @@ class Network:
             most = np.minimum(most, self.cap_a)
         return most
 
+    def step_max_a_at(self, sessions: np.ndarray, step: int) -> np.ndarray:
+        """:meth:`step_max_a` of some sessions in one step [A]."""
+        most = self.max_a[sessions]
+        if self.cap_a is not None:
+            most = np.minimum(most, self.cap_a[sessions, step])
+        return most
+
     def presence(self) -> np.ndarray:
         """Boolean matrix sessions × steps, True where the session is plugged in."""
         t = np.arange(self.steps)

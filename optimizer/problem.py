@@ -176,7 +176,9 @@ def build_problem(
     w = weights or Weights()
     dt_h = net.dt_h
     present = net.presence()
-    columns = present if span is None else _span_mask(net, present, *span)
+    col_first, col_end = (net.first, net.end) if span is None else _widened(net, *span)
+    t = np.arange(net.steps)
+    columns = (t >= col_first[:, None]) & (t < col_end[:, None])
     var_session, var_step = np.nonzero(columns)  # ordered by session, then step
     nv = var_session.size
     var_of = np.full(present.shape, -1, dtype=np.int64)
@@ -241,7 +243,7 @@ def build_problem(
     if span is not None:
         # a session keeps its row while it has columns, even when its stay shrank to nothing
         # (its columns are idle, the row reads 0 = 0), so the shape does not change
-        with_row |= columns.any(axis=1)
+        with_row |= col_end > col_first
     energy_session = np.nonzero(with_row)[0]
     e_row_of_session = np.full(net.n_sessions, -1, dtype=np.int64)
     e_row_of_session[energy_session] = np.arange(energy_session.size)
@@ -252,7 +254,7 @@ def build_problem(
     )
 
     limit_rows, limit_rhs, limit_group, limit_step = _limit_rows(
-        net, columns, var_session, var_step
+        net, col_first, col_end, var_session, var_step
     )
     target_rows, target_kw = _target_rows(net, var_of, kw)
 
@@ -283,27 +285,48 @@ def build_problem(
     )
 
 
-def _span_mask(net: Network, present: np.ndarray, first: np.ndarray, end: np.ndarray) -> np.ndarray:
-    """Boolean ``sessions × steps`` of the columns: the stay, widened to ``[first, end)``."""
+def _widened(net: Network, first: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column steps ``[first, end)`` of every session: its stay and the given span, and all
+    steps between them (the stay alone where the span is empty, the span where the stay is)."""
     if first.shape != (net.n_sessions,) or end.shape != (net.n_sessions,):
         raise ValueError(f"span: one first and end step per session expected (got {first.shape})")
-    t = np.arange(net.steps)
-    return present | ((t[None, :] >= first[:, None]) & (t[None, :] < end[:, None]))
+    first = np.clip(first, 0, net.steps)
+    end = np.clip(end, 0, net.steps)
+    stay, spans = net.end > net.first, end > first
+    both = stay & spans
+    lo = np.where(both, np.minimum(first, net.first), np.where(spans, first, net.first))
+    hi = np.where(both, np.maximum(end, net.end), np.where(spans, end, net.end))
+    return lo, np.maximum(hi, lo)
 
 
 def _limit_rows(
-    net: Network, present: np.ndarray, var_session: np.ndarray, var_step: np.ndarray
+    net: Network,
+    col_first: np.ndarray,
+    col_end: np.ndarray,
+    var_session: np.ndarray,
+    var_step: np.ndarray,
 ) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray, np.ndarray]:
     """Rows ``Σ_s coef[g, s] · i[s, t] ≤ limit[g, t]`` for every (group, step) that can bind.
 
+    ``col_first``, ``col_end``: the steps ``[first, end)`` in which each session has columns.
     A row whose members cannot exceed the limit even at their maximum current is dropped.
     """
     groups = net.groups
     nv = var_session.size
+    steps = net.steps
     if groups.n == 0 or nv == 0:
         return sp.csr_matrix((0, nv)), np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    max_a = net.max_a
-    most = groups.coef @ (present * max_a[:, None])  # groups × steps, at every maximum
+    # every group's sum at every member's maximum, per step: +coef·max at a member's first
+    # column, -coef·max after its last, summed along the steps
+    coo = groups.coef.tocoo()
+    weight = coo.data * net.max_a[coo.col]
+    width = steps + 1
+    delta = np.bincount(
+        np.concatenate([coo.row * width + col_first[coo.col], coo.row * width + col_end[coo.col]]),
+        weights=np.concatenate([weight, -weight]),
+        minlength=groups.n * width,
+    )
+    most = np.cumsum(delta.reshape(groups.n, width)[:, :steps], axis=1)
     can_bind = (most > groups.limit + 1e-9) & ~groups.dominated[:, None]
     bind_g, bind_t = np.nonzero(can_bind)
     n_rows = bind_g.size

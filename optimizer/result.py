@@ -56,8 +56,48 @@ def no_pause_dips(net: Network, current_a: np.ndarray, tol: float = 1e-4) -> np.
     """Boolean ``sessions × steps``: below the no-pause level while not full and not filling.
 
     The rule of ``docs/formats.md`` (kinds ``min_current`` and ``opt_out``); pause-consent
-    sessions are exempt.
+    sessions are exempt. Works on the plugged-in cells only (a fraction of the day) when the
+    schedule has no current outside them, as every schedule of the product.
     """
+    cell_s, cell_t, run_start = present_cells(net)
+    cur = current_a[cell_s, cell_t]
+    if np.count_nonzero(cur) != np.count_nonzero(current_a):
+        return _no_pause_dips_dense(net, current_a, tol)
+    e_step = cur * (net.kw_per_a * net.dt_h)[cell_s]
+    total = np.cumsum(e_step)
+    # energy before each cell within its session: the running total less the total before the
+    # session's first cell
+    before_run = (total - e_step)[run_start]
+    e_before = total - e_step - before_run
+    e_after = e_before + e_step
+    need = net.need_kwh[cell_s]
+    has_need = ~np.isnan(need)
+    not_full = ~has_need | (e_before < need - 1e-3)
+    filling = has_need & (e_after >= need - 1e-3)
+    req = required_level_a(net)[cell_s, cell_t]
+    dip = not_full & ~filling & (cur < req - tol) & ~net.pause_consent[cell_s]
+    dips = np.zeros(current_a.shape, dtype=bool)
+    dips[cell_s[dip], cell_t[dip]] = True
+    return dips
+
+
+def present_cells(net: Network) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Session and step of every plugged-in cell (session-major), and for each cell the
+    position of its session's first cell. Computed once per network."""
+    cached = net._memo.get("present_cells")
+    if cached is None:
+        cell_s, cell_t = np.nonzero(net.presence())
+        new_run = np.ones(cell_s.size, dtype=bool)
+        new_run[1:] = cell_s[1:] != cell_s[:-1]
+        run_start = np.maximum.accumulate(np.where(new_run, np.arange(cell_s.size), 0))
+        cached = np.vstack([cell_s, cell_t, run_start])
+        cached.flags.writeable = False
+        net._memo["present_cells"] = cached
+    return cached[0], cached[1], cached[2]
+
+
+def _no_pause_dips_dense(net: Network, current_a: np.ndarray, tol: float) -> np.ndarray:
+    """:func:`no_pause_dips` for any matrix, current outside the stays included."""
     present = net.presence()
     e_step = current_a * (net.kw_per_a * net.dt_h)[:, None]
     e_after = np.cumsum(e_step, axis=1)
@@ -78,12 +118,34 @@ def pause_level_breaks(net: Network, current_a: np.ndarray, tol: float = 1e-3) -
     Such a session may be paused (0 A) or charge at least its minimum; less than the minimum
     is allowed only in the step it becomes full (kind ``pause_current`` in ``docs/formats.md``).
     """
+    if not net.pause_consent.any():
+        return np.zeros(current_a.shape, dtype=bool)
     e_step = current_a * (net.kw_per_a * net.dt_h)[:, None]
     e_after = np.cumsum(e_step, axis=1)
     need = net.need_kwh[:, None]
     filling = np.where(~np.isnan(need), e_after >= need - 1e-3, False)
     between = (current_a > tol) & (current_a < net.min_a[:, None] - tol)
     return between & ~filling & net.pause_consent[:, None]
+
+
+def current_lists(current_a: np.ndarray) -> list[list[float]]:
+    """Rows of a ``sessions × steps`` matrix as lists of floats, cheaply: only the span from a
+    row's first to its last non-zero entry is converted; the zeros around it are one shared
+    ``0.0`` (a day has far more idle than charging steps)."""
+    steps = current_a.shape[1]
+    nonzero = current_a != 0
+    has = nonzero.any(axis=1)
+    lo = np.where(has, nonzero.argmax(axis=1), 0)
+    hi = np.where(has, steps - nonzero[:, ::-1].argmax(axis=1), 0)
+    t = np.arange(steps)
+    values = current_a[(t >= lo[:, None]) & (t < hi[:, None])].tolist()
+    zeros = [0.0] * steps
+    out = []
+    pos = 0
+    for a, b in zip(lo.tolist(), hi.tolist(), strict=True):
+        out.append(zeros[:a] + values[pos : pos + b - a] + zeros[b:])
+        pos += b - a
+    return out
 
 
 def build_schedule(
@@ -151,13 +213,16 @@ def build_schedule(
 
     sessions = {
         sid: {
-            "current_a": cur[k].tolist(),
-            "energy_kwh": round(float(energy[k]), 6),
-            "unmet_kwh": None if np.isnan(unmet[k]) else round(float(unmet[k]), 6),
+            "current_a": c,
+            "energy_kwh": round(e, 6),
+            "unmet_kwh": None if u != u else round(u, 6),
         }
-        for k, sid in enumerate(net.session_ids)
+        for sid, c, e, u in zip(
+            net.session_ids, current_lists(cur), energy.tolist(), unmet.tolist(), strict=True
+        )
     }
-    nodes = {nid: {"power_kw": np.round(p, 6).tolist()} for nid, p in power.items()}
+    power_kw = np.round(np.vstack(list(power.values())), 6).tolist() if power else []
+    nodes = {nid: {"power_kw": p} for nid, p in zip(power, power_kw, strict=True)}
     out: dict[str, Any] = {
         "format": SCHEDULE_FORMAT,
         "status": status,
