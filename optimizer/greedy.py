@@ -27,7 +27,7 @@ ROUNDS = 3
 
 def deliverable_need_kwh(net: Network) -> np.ndarray:
     """Energy each session should get [kWh]: its need capped by what its stay allows."""
-    most = (net.step_max_a() * net.presence()).sum(axis=1) * net.kw_per_a * net.dt_h
+    most = net.most_a_per_stay() * net.kw_per_a * net.dt_h
     return np.where(np.isnan(net.need_kwh), most, np.minimum(np.nan_to_num(net.need_kwh), most))
 
 

@@ -119,6 +119,13 @@ class Network:
             most = np.minimum(most, self.cap_a)
         return most
 
+    def most_a_per_stay(self) -> np.ndarray:
+        """Sum over each session's stay of its highest current [A·steps]."""
+        stay = (self.end - self.first).astype(float)
+        if self.cap_a is None:
+            return self.max_a * stay
+        return (self.step_max_a() * self.presence()).sum(axis=1)
+
     def step_max_a_at(self, sessions: np.ndarray, step: int) -> np.ndarray:
         """:meth:`step_max_a` of some sessions in one step [A]."""
         most = self.max_a[sessions]

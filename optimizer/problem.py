@@ -186,12 +186,13 @@ def build_problem(
 
     kw = net.kw_per_a[var_session]
     kwh = kw * dt_h
-    step_max = net.step_max_a()
-    hi = step_max[var_session, var_step].astype(float)
+    hi = net.max_a[var_session].astype(float)
+    if net.cap_a is not None:
+        hi = np.minimum(hi, net.cap_a[var_session, var_step])
     req = required_level_a(net)[var_session, var_step]
 
     stay = (net.end - net.first).astype(float)
-    deliverable = (step_max * present).sum(axis=1) * net.kw_per_a * dt_h
+    deliverable = net.most_a_per_stay() * net.kw_per_a * dt_h
     has_need = ~np.isnan(net.need_kwh)
     need_eff = np.where(has_need, np.minimum(np.nan_to_num(net.need_kwh), deliverable), deliverable)
 
@@ -211,10 +212,7 @@ def build_problem(
         anchored[net.pause_consent[var_session]] = 0.0
         lo = np.maximum(lo, anchored)
         # sessions the anchor fills: nothing after the fill step, and no shortfall
-        e_cum = np.cumsum(anchor_a * (net.kw_per_a * dt_h)[:, None], axis=1)
-        fills = (e_cum[:, -1] >= need_eff - 1e-6) & (need_eff > 1e-9) & ~net.pause_consent
-        fill_step = np.argmax(e_cum >= (need_eff - 1e-6)[:, None], axis=1)
-        after = fills[var_session] & (var_step > fill_step[var_session])
+        fills, after = _anchor_fill(net, anchor_a, need_eff, var_session, var_step, kwh)
         hi[after] = 0.0
         lo[after] = 0.0
         u_hi[fills] = 0.0
@@ -283,6 +281,45 @@ def build_problem(
         binary_vars=np.nonzero(net.pause_consent[var_session])[0],
         var_of=var_of,
     )
+
+
+def _anchor_fill(
+    net: Network,
+    anchor_a: np.ndarray,
+    need_eff: np.ndarray,
+    var_session: np.ndarray,
+    var_step: np.ndarray,
+    kwh: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sessions the anchor fills (``need_eff`` reached), and the variables after the step in
+    which it fills them.
+
+    Works on the variables (session-major, each session's in one run) when the anchor has no
+    current outside them, else on the whole ``sessions × steps`` matrix.
+    """
+    threshold = need_eff - 1e-6
+    e_var = anchor_a[var_session, var_step] * kwh
+    if np.count_nonzero(e_var) != np.count_nonzero(anchor_a):
+        e_cum = np.cumsum(anchor_a * (net.kw_per_a * net.dt_h)[:, None], axis=1)
+        fills = (e_cum[:, -1] >= threshold) & (need_eff > 1e-9) & ~net.pause_consent
+        fill_step = np.argmax(e_cum >= threshold[:, None], axis=1)
+        return fills, fills[var_session] & (var_step > fill_step[var_session])
+    nv = var_session.size
+    new_run = np.ones(nv, dtype=bool)
+    new_run[1:] = var_session[1:] != var_session[:-1]
+    run_start = np.maximum.accumulate(np.where(new_run, np.arange(nv), 0))
+    total = np.cumsum(e_var)
+    e_cum = total - (total - e_var)[run_start]  # energy up to and including each variable
+    reached = e_cum >= threshold[var_session]
+    # reached in an earlier variable of the same session
+    seen = np.cumsum(reached) - reached
+    earlier = seen - seen[run_start] > 0
+    delivered = np.zeros(net.n_sessions)
+    last = np.ones(nv, dtype=bool)
+    last[:-1] = new_run[1:]
+    delivered[var_session[last]] = e_cum[last]
+    fills = (delivered >= threshold) & (need_eff > 1e-9) & ~net.pause_consent
+    return fills, fills[var_session] & earlier
 
 
 def _widened(net: Network, first: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
