@@ -48,6 +48,71 @@ class Weights:
 
 
 @dataclass
+class Layout:
+    """Everything the constraint matrices of a problem depend on: two problems with equal
+    layouts have equal ``energy_rows``, ``limit_rows`` and ``target_rows``."""
+
+    start: object
+    dt_h: float
+    steps: int
+    session_ids: list[str]
+    group_names: list[str]
+    target_nodes: list[str]
+    arrays: tuple[np.ndarray, ...]
+
+    @classmethod
+    def of(
+        cls,
+        net: Network,
+        col_first: np.ndarray,
+        col_end: np.ndarray,
+        limit_group: np.ndarray,
+        limit_step: np.ndarray,
+        energy_session: np.ndarray,
+    ) -> Layout:
+        coef = net.groups.coef
+        targets = [net.node_members[n] for n in net.target_nodes]
+        return cls(
+            start=net.grid.start_utc,
+            dt_h=net.dt_h,
+            steps=net.steps,
+            session_ids=net.session_ids,
+            group_names=[
+                f"{k}:{s}" for k, s in zip(net.groups.kind, net.groups.subject, strict=True)
+            ],
+            target_nodes=list(net.target_nodes),
+            arrays=(
+                col_first,
+                col_end,
+                net.kw_per_a,
+                coef.indptr,
+                coef.indices,
+                coef.data,
+                limit_group,
+                limit_step,
+                energy_session,
+                np.asarray([m.size for m in targets], dtype=np.int64),
+                np.concatenate(targets) if targets else np.zeros(0, np.int64),
+            ),
+        )
+
+    def same(self, other: Layout) -> bool:
+        return (
+            self.start == other.start
+            and self.dt_h == other.dt_h
+            and self.steps == other.steps
+            and len(self.arrays) == len(other.arrays)
+            and all(
+                a.shape == b.shape and np.array_equal(a, b)
+                for a, b in zip(self.arrays, other.arrays, strict=True)
+            )
+            and self.session_ids == other.session_ids
+            and self.group_names == other.group_names
+            and self.target_nodes == other.target_nodes
+        )
+
+
+@dataclass
 class ChargingProblem:
     """One LP/MILP instance.
 
@@ -115,6 +180,8 @@ class ChargingProblem:
     target_kw: np.ndarray
     binary_vars: np.ndarray
     var_of: np.ndarray = field(repr=False)  # sessions × steps -> variable index or -1
+    layout: Layout | None = field(default=None, repr=False, compare=False)
+    """What fixes the matrices (set by :func:`build_problem`; ``None`` for a part)."""
 
     @property
     def n_vars(self) -> int:
@@ -151,6 +218,7 @@ def build_problem(
     weights: Weights | None = None,
     anchor_a: np.ndarray | None = None,
     span: tuple[np.ndarray, np.ndarray] | None = None,
+    like: ChargingProblem | None = None,
 ) -> ChargingProblem:
     """Arrays of the scheduling LP for a compiled network.
 
@@ -172,6 +240,10 @@ def build_problem(
         engine keeps a session's columns when its predicted departure or energy need moves, so
         the change is a change of bounds that the solver re-solves from its basis
         (:mod:`optimizer.engine`).
+    like : ChargingProblem, optional
+        A problem built before (by a live engine, from the previous network). When it has the
+        same layout (columns, rows and coefficients), its constraint matrices are shared
+        instead of built again; only bounds, costs and right-hand sides are new.
     """
     w = weights or Weights()
     dt_h = net.dt_h
@@ -243,18 +315,18 @@ def build_problem(
         # (its columns are idle, the row reads 0 = 0), so the shape does not change
         with_row |= col_end > col_first
     energy_session = np.nonzero(with_row)[0]
-    e_row_of_session = np.full(net.n_sessions, -1, dtype=np.int64)
-    e_row_of_session[energy_session] = np.arange(energy_session.size)
-    e_rows = e_row_of_session[var_session]
-    keep = e_rows >= 0
-    energy_rows = sp.csr_matrix(
-        (kwh[keep], (e_rows[keep], np.nonzero(keep)[0])), shape=(energy_session.size, nv)
-    )
 
-    limit_rows, limit_rhs, limit_group, limit_step = _limit_rows(
-        net, col_first, col_end, var_session, var_step
-    )
-    target_rows, target_kw = _target_rows(net, var_of, kw)
+    limit_group, limit_step, row_of = _limit_row_set(net, col_first, col_end)
+    limit_rhs = net.groups.limit[limit_group, limit_step]
+    layout = Layout.of(net, col_first, col_end, limit_group, limit_step, energy_session)
+    if like is not None and like.layout is not None and like.layout.same(layout):
+        # the same columns, rows and coefficients: share the matrices
+        energy_rows, limit_rows, target_rows = like.energy_rows, like.limit_rows, like.target_rows
+    else:
+        energy_rows = _energy_matrix(energy_session, var_session, kwh, net.n_sessions)
+        limit_rows = _limit_matrix(net, row_of, limit_group.size, var_session, var_step)
+        target_rows = _target_matrix(net, var_of, kw)
+    target_kw = net.target_kw.ravel()
 
     return ChargingProblem(
         net=net,
@@ -280,6 +352,21 @@ def build_problem(
         target_kw=target_kw,
         binary_vars=np.nonzero(net.pause_consent[var_session])[0],
         var_of=var_of,
+        layout=layout,
+    )
+
+
+def _energy_matrix(
+    energy_session: np.ndarray, var_session: np.ndarray, kwh: np.ndarray, n_sessions: int
+) -> sp.csr_matrix:
+    """Rows ``Σ_t kwh_per_a · i[s, t]`` of the sessions with an energy row [kWh/A]."""
+    nv = var_session.size
+    e_row_of_session = np.full(n_sessions, -1, dtype=np.int64)
+    e_row_of_session[energy_session] = np.arange(energy_session.size)
+    e_rows = e_row_of_session[var_session]
+    keep = e_rows >= 0
+    return sp.csr_matrix(
+        (kwh[keep], (e_rows[keep], np.nonzero(keep)[0])), shape=(energy_session.size, nv)
     )
 
 
@@ -336,23 +423,21 @@ def _widened(net: Network, first: np.ndarray, end: np.ndarray) -> tuple[np.ndarr
     return lo, np.maximum(hi, lo)
 
 
-def _limit_rows(
-    net: Network,
-    col_first: np.ndarray,
-    col_end: np.ndarray,
-    var_session: np.ndarray,
-    var_step: np.ndarray,
-) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray, np.ndarray]:
-    """Rows ``Σ_s coef[g, s] · i[s, t] ≤ limit[g, t]`` for every (group, step) that can bind.
+def _limit_row_set(
+    net: Network, col_first: np.ndarray, col_end: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The (group, step) pairs that can bind: ``Σ_s coef[g, s] · max[s] > limit[g, t]`` over
+    the sessions with a column in ``t``; as groups, steps and a ``groups × steps`` map to the
+    row number (-1: no row).
 
     ``col_first``, ``col_end``: the steps ``[first, end)`` in which each session has columns.
     A row whose members cannot exceed the limit even at their maximum current is dropped.
     """
     groups = net.groups
-    nv = var_session.size
     steps = net.steps
-    if groups.n == 0 or nv == 0:
-        return sp.csr_matrix((0, nv)), np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if groups.n == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.full((0, steps), -1, dtype=np.int64)
     # every group's sum at every member's maximum, per step: +coef·max at a member's first
     # column, -coef·max after its last, summed along the steps
     coo = groups.coef.tocoo()
@@ -366,12 +451,23 @@ def _limit_rows(
     most = np.cumsum(delta.reshape(groups.n, width)[:, :steps], axis=1)
     can_bind = (most > groups.limit + 1e-9) & ~groups.dominated[:, None]
     bind_g, bind_t = np.nonzero(can_bind)
-    n_rows = bind_g.size
     row_of = np.full(groups.limit.shape, -1, dtype=np.int64)  # (group, step) -> row or -1
-    row_of[bind_g, bind_t] = np.arange(n_rows)
+    row_of[bind_g, bind_t] = np.arange(bind_g.size)
+    return bind_g, bind_t, row_of
+
+
+def _limit_matrix(
+    net: Network, row_of: np.ndarray, n_rows: int, var_session: np.ndarray, var_step: np.ndarray
+) -> sp.csr_matrix:
+    """Rows ``Σ_s coef[g, s] · i[s, t]`` of the limit rows numbered by ``row_of``."""
+    groups = net.groups
+    nv = var_session.size
+    if n_rows == 0 or nv == 0:
+        return sp.csr_matrix((n_rows, nv))
+    has_row = np.any(row_of >= 0, axis=1)
     # the memberships (session, group) of groups with a row at all, per session
     member = groups.coef.T.tocsr()
-    useful = can_bind.any(axis=1)[member.indices]
+    useful = has_row[member.indices]
     m_index, m_data = member.indices[useful], member.data[useful]
     m_count = np.bincount(
         np.repeat(np.arange(net.n_sessions), np.diff(member.indptr))[useful],
@@ -388,18 +484,15 @@ def _limit_rows(
     ok = row >= 0
     indptr = np.concatenate([[0], np.cumsum(np.bincount(entry_var[ok], minlength=nv))])
     rows = sp.csc_matrix((m_data[flat[ok]], row[ok], indptr), shape=(n_rows, nv)).tocsr()
-    rhs = groups.limit[bind_g, bind_t]
-    return rows, rhs, bind_g, bind_t
+    return rows
 
 
-def _target_rows(
-    net: Network, var_of: np.ndarray, kw: np.ndarray
-) -> tuple[sp.csr_matrix, np.ndarray]:
+def _target_matrix(net: Network, var_of: np.ndarray, kw: np.ndarray) -> sp.csr_matrix:
     """Rows ``Σ_{s below n} p[s, t]`` for each target node ``n`` and step ``t`` [kW]."""
     nv = kw.size
     steps = net.steps
     if not net.target_nodes:
-        return sp.csr_matrix((0, nv)), np.zeros(0)
+        return sp.csr_matrix((0, nv))
     r_list, c_list, v_list = [], [], []
     for k, node in enumerate(net.target_nodes):
         members = net.node_members[node]
@@ -413,7 +506,7 @@ def _target_rows(
         (np.concatenate(v_list), (np.concatenate(r_list), np.concatenate(c_list))),
         shape=(len(net.target_nodes) * steps, nv),
     )
-    return rows, net.target_kw.ravel()
+    return rows
 
 
 def objective_value(p: ChargingProblem, current_a: np.ndarray) -> float:

@@ -168,7 +168,8 @@ def solve_lp(
     greedy = greedy_currents_a(net)
     keys = NetKeys.of(net, live.book) if live is not None and backend == "highs" else None
     span = live.span(net, keys) if live is not None and keys is not None else None
-    problem = build_problem(net, weights, anchor_a=greedy, span=span)
+    like = live.warm.problem if live is not None and live.warm is not None else None
+    problem = build_problem(net, weights, anchor_a=greedy, span=span, like=like)
     if problem.n_vars == 0:
         empty: dict[str, Any] = {
             "name": "none",
