@@ -285,3 +285,52 @@ def test_a_stay_that_shrinks_to_nothing_keeps_the_shape() -> None:
     )
     assert warm["sessions"][s["id"]]["energy_kwh"] == 0.0
     assert warm["solver"]["parts_by_start"]["cold"] == 0
+
+
+def test_an_unchanged_layout_shares_the_matrices_and_parts() -> None:
+    """A new energy need changes bounds only: the next problem shares the previous one's
+    matrices (not rebuilt), its parts are re-cut from the previous ones, and the result is the
+    cold one."""
+    raw = base(4)
+    engine = LiveEngine(workers=2)
+    solved(engine, raw)
+    assert engine.live.warm is not None and engine.live.warm.problem is not None
+    before = engine.live.warm.problem
+    more_energy(raw)
+    warm = solved(engine, raw)
+    after = engine.live.warm.problem
+    assert after is not before
+    assert after.limit_rows is before.limit_rows and after.energy_rows is before.energy_rows
+    assert after.need_eff_kwh.tolist() != before.need_eff_kwh.tolist()
+    assert warm["solver"]["parts_by_start"]["cold"] == 0
+    cold = solve_network(compile_network(parse_scenario(raw)), "lp")
+    assert warm["solver"]["objective"] == pytest.approx(
+        cold["solver"]["objective"], rel=1e-7, abs=1e-6
+    )
+    # a new session changes the layout: new matrices
+    arrival(raw)
+    solved(engine, raw)
+    assert engine.live.warm.problem.limit_rows is not after.limit_rows
+
+
+def test_build_problem_shares_matrices_only_for_the_same_layout() -> None:
+    from optimizer.greedy import greedy_currents_a
+    from optimizer.problem import build_problem
+
+    raw = base(4)
+    net = compile_network(parse_scenario(raw))
+    first_ = build_problem(net, anchor_a=greedy_currents_a(net))
+    changed = copy.deepcopy(raw)
+    more_energy(changed)
+    net2 = compile_network(parse_scenario(changed))
+    shared = build_problem(net2, anchor_a=greedy_currents_a(net2), like=first_)
+    fresh = build_problem(net2, anchor_a=greedy_currents_a(net2))
+    assert shared.limit_rows is first_.limit_rows
+    for name in ("energy_rows", "limit_rows", "target_rows"):
+        assert (getattr(shared, name) != getattr(fresh, name)).nnz == 0, name
+    for name in ("i_lo_a", "i_hi_a", "i_cost_per_a", "need_eff_kwh", "limit_rhs", "target_kw"):
+        assert getattr(shared, name).tolist() == getattr(fresh, name).tolist(), name
+    arrival(changed)
+    net3 = compile_network(parse_scenario(changed))
+    other = build_problem(net3, anchor_a=greedy_currents_a(net3), like=first_)
+    assert other.limit_rows is not first_.limit_rows
