@@ -203,11 +203,18 @@ def required_level_a(net: Network) -> np.ndarray:
     cached = net._memo.get("required_level_a")
     if cached is not None:
         return cached
-    req = np.repeat(net.min_a[:, None], net.steps, axis=1)
-    if net.opt_out.any():
-        share = net.uncontrolled_share_a()
-        req[net.opt_out] = np.maximum(req[net.opt_out], share[net.opt_out])
-    out = np.minimum(req, net.step_max_a())
+    rows = np.nonzero(net.opt_out)[0]
+    if net.cap_a is None:
+        # the maximum is the connector limit in every step: one pass over the day
+        out = np.repeat(np.minimum(net.min_a, net.max_a)[:, None], net.steps, axis=1)
+        if rows.size:
+            level = np.maximum(net.min_a[rows, None], net.uncontrolled_share_a(rows))
+            out[rows] = np.minimum(level, net.max_a[rows, None])
+    else:
+        req = np.repeat(net.min_a[:, None], net.steps, axis=1)
+        if rows.size:
+            req[rows] = np.maximum(req[rows], net.uncontrolled_share_a(rows))
+        out = np.minimum(req, net.step_max_a())
     out.flags.writeable = False
     net._memo["required_level_a"] = out
     return out
