@@ -25,7 +25,11 @@ def round_currents(current_a: np.ndarray) -> np.ndarray:
     """Currents as written to the file: rounded down to 1e-4 A, so rounding never creates an
     excess over a limit; never negative."""
     scale = 10.0**CURRENT_DECIMALS
-    return np.maximum(np.floor(current_a * scale + 1e-6) / scale, 0.0)
+    out = np.multiply(current_a, scale)  # one new array, the rest in place
+    out += 1e-6
+    np.floor(out, out=out)
+    out /= scale
+    return np.maximum(out, 0.0, out=out)
 
 
 def session_energy_kwh(net: Network, current_a: np.ndarray) -> np.ndarray:
@@ -128,11 +132,25 @@ def pause_level_breaks(net: Network, current_a: np.ndarray, tol: float = 1e-3) -
     return between & ~filling & net.pause_consent[:, None]
 
 
-def current_lists(current_a: np.ndarray) -> list[list[float]]:
+def current_lists(current_a: np.ndarray, net: Network | None = None) -> list[list[float]]:
     """Rows of a ``sessions × steps`` matrix as lists of floats, cheaply: only the span from a
     row's first to its last non-zero entry is converted; the zeros around it are one shared
-    ``0.0`` (a day has far more idle than charging steps)."""
+    ``0.0`` (a day has far more idle than charging steps). With the network, a schedule with
+    no current outside the stays is converted stay by stay."""
     steps = current_a.shape[1]
+    if net is not None:
+        cell_s, cell_t, _ = present_cells(net)
+        values = current_a[cell_s, cell_t]
+        if np.count_nonzero(values) == np.count_nonzero(current_a):
+            # nothing outside the stays: each row is its stay's values between zeros
+            flat = values.tolist()
+            zeros = [0.0] * steps
+            out = []
+            pos = 0
+            for a, b in zip(net.first.tolist(), net.end.tolist(), strict=True):
+                out.append(zeros[:a] + flat[pos : pos + b - a] + zeros[b:])
+                pos += b - a
+            return out
     nonzero = current_a != 0
     has = nonzero.any(axis=1)
     lo = np.where(has, nonzero.argmax(axis=1), 0)
@@ -218,7 +236,7 @@ def build_schedule(
             "unmet_kwh": None if u != u else round(u, 6),
         }
         for sid, c, e, u in zip(
-            net.session_ids, current_lists(cur), energy.tolist(), unmet.tolist(), strict=True
+            net.session_ids, current_lists(cur, net), energy.tolist(), unmet.tolist(), strict=True
         )
     }
     power_kw = np.round(np.vstack(list(power.values())), 6).tolist() if power else []

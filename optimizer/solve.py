@@ -235,7 +235,6 @@ def _repair_loop(
     else:
         return None, info, f"no-pause repair did not settle in {MAX_REPAIR_ROUNDS} rounds"
     assert solution is not None
-    current = problem.currents(solution.x)
     # safety net: the repair rounds add bounds the greedy schedule may not meet; publish the
     # LP only if it is at least as good as greedy under the same objective
     lp_value = objective_value(problem, current)

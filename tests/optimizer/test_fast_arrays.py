@@ -98,6 +98,10 @@ def test_node_power_and_current_lists() -> None:
         want = (cur[members] * net.kw_per_a[members, None]).sum(axis=0)
         assert np.allclose(power[nid], want, rtol=0, atol=1e-9), nid
     assert current_lists(cur) == cur.tolist()
+    assert current_lists(cur, net) == cur.tolist()  # stay by stay
+    outside = cur.copy()
+    outside[:, 0] += 1.0  # current outside the stays: row by row
+    assert current_lists(outside, net) == outside.tolist()
     odd = np.array([[0.0, 1.5, 0.0, 2.0], [0.0, 0.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.0]])
     assert current_lists(odd) == odd.tolist()
     assert current_lists(np.zeros((0, 4))) == []
