@@ -254,14 +254,12 @@ def build_problem(
     """
     w = weights or Weights()
     dt_h = net.dt_h
-    present = net.presence()
     col_first, col_end = (net.first, net.end) if span is None else _widened(net, *span)
-    t = np.arange(net.steps)
-    columns = (t >= col_first[:, None]) & (t < col_end[:, None])
-    var_session, var_step = np.nonzero(columns)  # ordered by session, then step
+    # one variable per column, ordered by session, then step
+    width = col_end - col_first
+    var_session = np.repeat(np.arange(net.n_sessions), width)
     nv = var_session.size
-    var_of = np.full(present.shape, -1, dtype=np.int64)
-    var_of[var_session, var_step] = np.arange(nv)
+    var_step = np.arange(nv) - np.repeat(np.cumsum(width) - width - col_first, width)
 
     kw = net.kw_per_a[var_session]
     kwh = kw * dt_h
@@ -299,7 +297,11 @@ def build_problem(
     full = need_eff[var_session] <= 1e-9
     hi[full] = 0.0
     lo[full] = 0.0
-    idle = None if span is None else ~present[var_session, var_step]
+    idle = (
+        None
+        if span is None
+        else (var_step < net.first[var_session]) | (var_step >= net.end[var_session])
+    )
     if idle is not None:
         hi[idle] = 0.0
         lo[idle] = 0.0
@@ -329,7 +331,10 @@ def build_problem(
     if like is not None and like.layout is not None and like.layout.same(layout):
         # the same columns, rows and coefficients: share the matrices
         energy_rows, limit_rows, target_rows = like.energy_rows, like.limit_rows, like.target_rows
+        var_of = like.var_of
     else:
+        var_of = np.full((net.n_sessions, net.steps), -1, dtype=np.int64)
+        var_of[var_session, var_step] = np.arange(nv)
         energy_rows = _energy_matrix(energy_session, var_session, kwh, net.n_sessions)
         limit_rows = _limit_matrix(net, row_of, limit_group.size, var_session, var_step)
         target_rows = _target_matrix(net, var_of, kw)
