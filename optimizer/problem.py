@@ -8,6 +8,7 @@ where the session is present (sparse), ordered by session then step. All equatio
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import numpy as np
 import scipy.sparse as sp
@@ -52,7 +53,7 @@ class Layout:
     """Everything the constraint matrices of a problem depend on: two problems with equal
     layouts have equal ``energy_rows``, ``limit_rows`` and ``target_rows``."""
 
-    start: object
+    start: datetime
     dt_h: float
     steps: int
     session_ids: list[str]
