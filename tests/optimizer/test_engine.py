@@ -334,3 +334,30 @@ def test_build_problem_shares_matrices_only_for_the_same_layout() -> None:
     net3 = compile_network(parse_scenario(changed))
     other = build_problem(net3, anchor_a=greedy_currents_a(net3), like=first_)
     assert other.limit_rows is not first_.limit_rows
+
+
+def test_an_update_in_place_passes_changes_and_equals_a_fresh_model() -> None:
+    """HighsTwin.update sends only the changed bounds, costs and right-hand sides; after a
+    repair bound and an update, the model solves to the optimum of a fresh model."""
+    import numpy as np
+
+    from optimizer.greedy import greedy_currents_a
+    from optimizer.lp_highs import HighsTwin
+    from optimizer.problem import build_problem
+
+    raw = base(4)
+    net = compile_network(parse_scenario(raw))
+    a = build_problem(net, anchor_a=greedy_currents_a(net))
+    twin = HighsTwin(a)
+    twin.solve()
+    var = np.nonzero(a.i_hi_a > a.i_lo_a + 1.0)[0][:3]
+    twin.set_current_lower(var, a.i_lo_a[var] + 0.5)  # the model's bounds move
+    more_energy(raw)
+    net2 = compile_network(parse_scenario(raw))
+    b = build_problem(net2, anchor_a=greedy_currents_a(net2), like=a)
+    assert b.limit_rows is a.limit_rows
+    twin.update(b)  # the repair bound goes back to b's bound: a change too
+    warm = twin.solve()
+    fresh = HighsTwin(b).solve()
+    assert warm.status == fresh.status == "optimal"
+    assert warm.objective == pytest.approx(fresh.objective, rel=1e-9, abs=1e-7)
