@@ -7,13 +7,16 @@ currents that are written out, so the file is consistent with itself; the indepe
 
 from __future__ import annotations
 
+import contextlib
+import gc
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from optimizer.network import UNIT_OF_KIND, Network
 from optimizer.problem import required_level_a
-from optimizer.uncontrolled import node_power_kw
+from optimizer.uncontrolled import node_power_matrix_kw
 
 SCHEDULE_FORMAT = "gridcharge.schedule/1"
 CURRENT_DECIMALS = 4
@@ -90,14 +93,21 @@ def present_cells(net: Network) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     position of its session's first cell. Computed once per network."""
     cached = net._memo.get("present_cells")
     if cached is None:
-        cell_s, cell_t = np.nonzero(net.presence())
-        new_run = np.ones(cell_s.size, dtype=bool)
-        new_run[1:] = cell_s[1:] != cell_s[:-1]
-        run_start = np.maximum.accumulate(np.where(new_run, np.arange(cell_s.size), 0))
-        cached = np.vstack([cell_s, cell_t, run_start])
-        cached.flags.writeable = False
-        net._memo["present_cells"] = cached
-    return cached[0], cached[1], cached[2]
+        stay = net.end - net.first
+        start = np.cumsum(stay) - stay  # position of each session's first cell
+        cell_s = np.repeat(np.arange(net.n_sessions), stay)
+        run_start = np.repeat(start, stay)
+        cell_t = np.arange(cell_s.size) - run_start + np.repeat(net.first, stay)
+        for name, a in (("cell_s", cell_s), ("cell_t", cell_t), ("run_start", run_start)):
+            a.flags.writeable = False
+            net._memo[f"present_cells.{name}"] = a
+        net._memo["present_cells"] = cell_s
+    memo = net._memo
+    return (
+        memo["present_cells.cell_s"],
+        memo["present_cells.cell_t"],
+        memo["present_cells.run_start"],
+    )
 
 
 def _no_pause_dips_dense(net: Network, current_a: np.ndarray, tol: float) -> np.ndarray:
@@ -179,11 +189,38 @@ def build_schedule(
 
     ``status`` is downgraded to ``infeasible_limits`` when a limit is exceeded.
     """
+    with gc_paused():
+        return _build_schedule(net, current_a, method, status, solver, reason)
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a large tree of new containers without
+    cycles is built (a schedule holds one list per session): its full passes over millions of
+    fresh objects would cost more than building them."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _build_schedule(
+    net: Network,
+    current_a: np.ndarray,
+    method: str,
+    status: str,
+    solver: dict[str, Any],
+    reason: str | None,
+) -> dict[str, Any]:
     cur = round_currents(current_a)
     energy = session_energy_kwh(net, cur)
     need = net.need_kwh
     unmet = np.where(np.isnan(need), np.nan, np.maximum(np.nan_to_num(need) - energy, 0.0))
-    power = node_power_kw(net, cur)
+    power_m = node_power_matrix_kw(net, cur)
+    power = dict(zip(net.node_members, power_m, strict=True))
     violations = limit_violations(net, cur)
     dips = no_pause_dips(net, cur, tol=1e-3)
     level = required_level_a(net)
@@ -239,7 +276,7 @@ def build_schedule(
             net.session_ids, current_lists(cur, net), energy.tolist(), unmet.tolist(), strict=True
         )
     }
-    power_kw = np.round(np.vstack(list(power.values())), 6).tolist() if power else []
+    power_kw = np.round(power_m, 6).tolist()
     nodes = {nid: {"power_kw": p} for nid, p in zip(power, power_kw, strict=True)}
     out: dict[str, Any] = {
         "format": SCHEDULE_FORMAT,
