@@ -206,6 +206,51 @@ def split_problem(problem: ChargingProblem, session_part: np.ndarray) -> list[Pa
     return parts
 
 
+def _same_matrices(a: ChargingProblem, b: ChargingProblem | None) -> bool:
+    """True when ``a`` shares the constraint matrices of ``b`` (built with ``like=b``)."""
+    return (
+        b is not None
+        and a.energy_rows is b.energy_rows
+        and a.limit_rows is b.limit_rows
+        and a.target_rows is b.target_rows
+    )
+
+
+def resplit(problem: ChargingProblem, old: Part) -> Part:
+    """``old``'s part of ``problem``, which has the layout of the problem ``old`` was cut from:
+    the same columns, rows and matrices, the bounds, costs and right-hand sides of
+    ``problem``."""
+    p, sub = problem, old.problem
+    K = len(UNMET_SEGMENT_SLOPES)
+    var, erows, lrows, trows = old.var, old.energy_rows, old.limit_rows, old.target_rows
+    new = ChargingProblem(
+        net=None,
+        weights=p.weights,
+        dt_h=p.dt_h,
+        var_session=sub.var_session,
+        var_step=sub.var_step,
+        i_lo_a=p.i_lo_a[var],
+        i_hi_a=p.i_hi_a[var],
+        i_req_a=p.i_req_a[var],
+        i_cost_per_a=p.i_cost_per_a[var],
+        kwh_per_a=sub.kwh_per_a,
+        kw_per_a=sub.kw_per_a,
+        energy_session=sub.energy_session,
+        need_eff_kwh=p.need_eff_kwh[erows],
+        u_hi_kwh=p.u_hi_kwh.reshape(-1, K)[erows].ravel(),
+        energy_rows=sub.energy_rows,
+        limit_rows=sub.limit_rows,
+        limit_rhs=p.limit_rhs[lrows],
+        limit_group=sub.limit_group,
+        limit_step=sub.limit_step,
+        target_rows=sub.target_rows,
+        target_kw=p.target_kw[trows],
+        binary_vars=sub.binary_vars,
+        var_of=sub.var_of,
+    )
+    return Part(new, var, lrows, erows, trows)
+
+
 class _LazyTwin:
     """A part's :class:`HighsTwin`, built on first use (in the solving thread).
 
@@ -289,6 +334,8 @@ class PartitionedTwin:
         the previous basis matched by key (:mod:`optimizer.warm`).
     map_bases : bool
         Start reshaped parts from a mapped basis instead of cold.
+    net_keys : NetKeys | None
+        The network's stable ids, when the caller has them already (else made from ``book``).
     """
 
     name = "highs"
@@ -304,27 +351,44 @@ class PartitionedTwin:
         book: KeyBook | None = None,
         warm: WarmState | None = None,
         map_bases: bool = False,
+        net_keys: NetKeys | None = None,
     ) -> None:
         t0 = time.perf_counter()
         self.map_bases = map_bases
         self.p = problem
-        labels = pack_parts(session_components(problem), self._vars_per_session())
-        self.parts = split_problem(problem, labels)
+        warm_layout = (
+            warm is not None
+            and warm.parts is not None
+            and _same_matrices(problem, warm.problem)
+            and problem.binary_vars.size == 0
+        )
+        if warm_layout and warm is not None and warm.parts is not None:
+            # the previous problem's layout: the same parts, with new bounds and costs
+            self.parts = [resplit(problem, pt) for pt in warm.parts]
+        else:
+            labels = pack_parts(session_components(problem), self._vars_per_session())
+            self.parts = split_problem(problem, labels)
         n = len(self.parts)
         self.dirty = [True] * n
         self.last: list[LpSolution | None] = [None] * n
         self.reused_parts: set[int] = set()
         self.scheduler = scheduler
         self._pool: ThreadPoolExecutor | None = None
-        self.net_keys = NetKeys.of(problem.net, book) if book and problem.net else None
+        if net_keys is None and book is not None and problem.net is not None:
+            net_keys = NetKeys.of(problem.net, book)
+        self.net_keys = net_keys
         self.keys: list[ModelKeys] = []
         self.shapes: list[bytes] = []
         self.values: list[bytes] = []
         if self.net_keys is not None:
-            for pt in self.parts:
-                mk = model_keys(pt.problem, pt.target_rows, self.net_keys)
-                self.keys.append(mk)
-                self.shapes.append(shape_fingerprint(pt.problem, mk))
+            for k, pt in enumerate(self.parts):
+                if warm_layout and warm is not None:
+                    self.keys.append(warm.keys[k])
+                    self.shapes.append(warm.shape[k])
+                else:
+                    mk = model_keys(pt.problem, pt.target_rows, self.net_keys)
+                    self.keys.append(mk)
+                    self.shapes.append(shape_fingerprint(pt.problem, mk))
                 self.values.append(value_fingerprint(pt.problem))
         options = {"time_limit_s": time_limit_s, "mip_rel_gap": mip_rel_gap}
         self.solvers: list[Any]
@@ -423,6 +487,8 @@ class PartitionedTwin:
             solution=[s for s in self.last if s is not None],
             models=list(self.solvers),
             session_part=session_part,
+            problem=self.p,
+            parts=self.parts,
         )
 
     def _vars_per_session(self) -> np.ndarray:

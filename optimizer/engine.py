@@ -7,7 +7,10 @@ same method as a cold solve (greedy anchor, LP in windows, checks; :mod:`optimiz
 the independent parts (:mod:`optimizer.decompose`) that did not change keep their solution
 without a solve, parts whose bounds, costs or limits changed are updated in place and re-solved
 from their basis, and parts whose shape changed are solved cold (or, with ``map_bases``, from
-the previous basis matched by stable keys, :mod:`optimizer.warm`). Its schedules equal a cold
+the previous basis matched by stable keys, :mod:`optimizer.warm`). A session keeps the columns
+it had (idle ones fixed at 0 A), so a new departure prediction or energy need is a change of
+bounds, not of shape; when the layout is unchanged the constraint matrices and the split into
+parts are shared with the previous solve (``docs/scale.md``). Its schedules equal a cold
 solve's up to the solver's tolerances.
 """
 

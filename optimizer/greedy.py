@@ -27,12 +27,16 @@ ROUNDS = 3
 
 def deliverable_need_kwh(net: Network) -> np.ndarray:
     """Energy each session should get [kWh]: its need capped by what its stay allows."""
-    most = (net.step_max_a() * net.presence()).sum(axis=1) * net.kw_per_a * net.dt_h
+    most = net.most_a_per_stay() * net.kw_per_a * net.dt_h
     return np.where(np.isnan(net.need_kwh), most, np.minimum(np.nan_to_num(net.need_kwh), most))
 
 
 def greedy_currents_a(net: Network) -> np.ndarray:
     """Current [A] per session and step from the least-laxity-first greedy.
+
+    Each step works only on the sessions charging in it (a few thousand of tens of thousands)
+    and the groups they belong to, so the whole day costs about as much as one pass over the
+    sessions' stays.
 
     Parameters
     ----------
@@ -44,62 +48,71 @@ def greedy_currents_a(net: Network) -> np.ndarray:
         ``sessions × steps`` [A]; every group limit holds wherever the no-pause levels allow.
     """
     n, steps = net.n_sessions, net.steps
-    current = np.zeros((n, steps))
     if n == 0:
-        return current
+        return np.zeros((n, steps))
+    current_t = np.zeros((steps, n))  # step-major while filling: rows are contiguous
     remaining = deliverable_need_kwh(net)
     kwh_per_a = net.kw_per_a * net.dt_h
     req_all = required_level_a(net)
+    limit_t = np.ascontiguousarray(net.groups.limit.T)
     coef = net.groups.coef.tocsc()  # columns sliced to the sessions charging in each step
     member_t = coef.T.tocsr()  # sessions × groups: the groups each session belongs to
     indptr = member_t.indptr
     group_of = member_t.indices
     n_groups = np.diff(indptr)
-    max_step_kwh = net.max_a * kwh_per_a
-    step_max = net.step_max_a()
+    max_step_kwh = np.maximum(net.max_a * kwh_per_a, 1e-12)
+    pause = net.pause_consent
 
     for t in range(steps):
-        active = (net.first <= t) & (t < net.end) & (remaining > 1e-9)
-        if not active.any():
+        idx = np.nonzero((net.first <= t) & (t < net.end) & (remaining > 1e-9))[0]
+        if idx.size == 0:
             continue
-        hi = np.where(active, np.minimum(step_max[:, t], remaining / kwh_per_a), 0.0)
-        lo = np.where(active & ~net.pause_consent, np.minimum(req_all[:, t], hi), 0.0)
-        alloc = lo.copy()
-        limit = net.groups.limit[:, t]
-        idx = np.nonzero(active)[0]
+        # positions below are local: k stands for session idx[k]
+        rem = remaining[idx]
+        kwh = kwh_per_a[idx]
+        step_max = net.max_a[idx] if net.cap_a is None else net.step_max_a_at(idx, t)
+        hi = np.minimum(step_max, rem / kwh)
+        level = np.minimum(req_all[idx, t], hi)
+        alloc = np.where(pause[idx], 0.0, level)
+        limit = limit_t[t]
         coef_t = coef[:, idx]
-        steps_left = net.end - t
-        laxity = steps_left - remaining / np.maximum(max_step_kwh, 1e-12)
-        order = idx[np.argsort(laxity[idx], kind="stable")]
+        laxity = (net.end[idx] - t) - rem / max_step_kwh[idx]
+        order = np.argsort(laxity, kind="stable")
         cuts = np.searchsorted(laxity[order], LAXITY_EDGES_STEPS, side="left")
         for bucket in np.split(order, cuts):
             if bucket.size == 0:
                 continue
-            free = bucket[n_groups[bucket] == 0]  # in no limit group: only its own bounds
+            lens = n_groups[idx[bucket]]
+            free = bucket[lens == 0]  # in no limit group: only its own bounds
             alloc[free] = hi[free]
-            bucket = bucket[n_groups[bucket] > 0]
+            bucket = bucket[lens > 0]
+            if bucket.size == 0:
+                continue
             # flat positions of the bucket's group memberships, and where each session starts
-            lens = n_groups[bucket]
+            sess = idx[bucket]
+            lens = n_groups[sess]
             starts = np.cumsum(lens) - lens
-            flat = np.repeat(indptr[bucket] - starts, lens) + np.arange(lens.sum())
+            flat = np.repeat(indptr[sess] - starts, lens) + np.arange(lens.sum())
             groups_flat = group_of[flat]
-            want = np.zeros(n)
-            want[bucket] = hi[bucket] - alloc[bucket]
+            limit_flat = limit[groups_flat]
+            want = hi[bucket] - alloc[bucket]
+            want_all = np.zeros(idx.size)
             for _ in range(ROUNDS):
-                if bucket.size == 0 or want[bucket].max() <= 1e-9:
+                if want.max() <= 1e-9:
                     break
-                headroom = np.maximum(limit - coef_t @ alloc[idx], 0.0)
-                demand = coef_t @ want[idx]
+                # headroom and demand of the bucket's groups only (one entry per membership)
+                headroom = np.maximum(limit_flat - (coef_t @ alloc)[groups_flat], 0.0)
+                want_all[bucket] = want
+                demand = (coef_t @ want_all)[groups_flat]
                 with np.errstate(divide="ignore", invalid="ignore"):
                     ratio = np.where(demand > 1e-12, np.minimum(headroom / demand, 1.0), 1.0)
                 # a session's factor: the tightest ratio among its groups
-                factor = np.minimum.reduceat(ratio[groups_flat], starts)
-                give = want[bucket] * factor
+                factor = np.minimum.reduceat(ratio, starts)
+                give = want * factor
                 alloc[bucket] += give
-                want[bucket] -= give
+                want = want - give
         # a pause-consent session that could not reach its level is paused (frees headroom)
-        below = net.pause_consent & (alloc < np.minimum(req_all[:, t], hi) - 1e-9)
-        alloc[below] = 0.0
-        current[:, t] = alloc
-        remaining = remaining - alloc * kwh_per_a
-    return current
+        alloc[pause[idx] & (alloc < level - 1e-9)] = 0.0
+        current_t[t, idx] = alloc
+        remaining[idx] = rem - alloc * kwh
+    return np.ascontiguousarray(current_t.T)

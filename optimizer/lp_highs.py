@@ -166,6 +166,10 @@ class HighsTwin:
             lp.integrality_ = [highspy.HighsVarType(int(v)) for v in integrality]
         self.is_mip = n_b > 0
         self.h.passModel(lp)
+        # what the model holds now, so that an update passes only what changed
+        self._cost, self._col_lo, self._col_hi = cost, col_lo.copy(), col_hi.copy()
+        n_rows = n_e + n_l + n_t
+        self._row_lo, self._row_hi = row_lo[:n_rows].copy(), row_hi[:n_rows].copy()
 
     def _column_vectors(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Cost, lower and upper bound of every column."""
@@ -187,15 +191,25 @@ class HighsTwin:
             raise ValueError("problem: a model with binaries is rebuilt, not updated")
         self.p = problem
         cost, col_lo, col_hi = self._column_vectors()
-        idx = np.arange(self.ncol, dtype=np.int32)
-        self.h.changeColsCost(self.ncol, idx, cost)
-        self.h.changeColsBounds(self.ncol, idx, col_lo, col_hi)
-        n_e, n_l, n_t = problem.energy_session.size, problem.limit_rhs.size, problem.target_kw.size
+        # only the entries that changed go to HiGHS (a DR step moves a few hundred bounds of
+        # a hundred thousand)
+        idx = np.nonzero(cost != self._cost)[0].astype(np.int32)
+        if idx.size:
+            self.h.changeColsCost(int(idx.size), idx, cost[idx])
+        idx = np.nonzero((col_lo != self._col_lo) | (col_hi != self._col_hi))[0].astype(np.int32)
+        if idx.size:
+            self.h.changeColsBounds(int(idx.size), idx, col_lo[idx], col_hi[idx])
+        n_l = problem.limit_rhs.size
         row_lo = np.concatenate([problem.need_eff_kwh, np.full(n_l, -_INF), problem.target_kw])
         row_hi = np.concatenate([problem.need_eff_kwh, problem.limit_rhs, problem.target_kw])
-        rows = np.arange(n_e + n_l + n_t, dtype=np.int32)
-        # in highspy, though missing from its type stubs
-        self.h.changeRowsBounds(rows.size, rows, row_lo, row_hi)  # type: ignore[attr-defined]
+        rows = np.nonzero((row_lo != self._row_lo) | (row_hi != self._row_hi))[0].astype(np.int32)
+        if rows.size:
+            # in highspy, though missing from its type stubs
+            self.h.changeRowsBounds(  # type: ignore[attr-defined]
+                int(rows.size), rows, row_lo[rows], row_hi[rows]
+            )
+        self._cost, self._col_lo, self._col_hi = cost, col_lo, col_hi
+        self._row_lo, self._row_hi = row_lo, row_hi
 
     def _pad(self, left: sp.spmatrix, blocks: list[tuple[int, sp.spmatrix]]) -> sp.csr_matrix:
         """Place column blocks at their offsets in a row block."""
@@ -247,6 +261,7 @@ class HighsTwin:
         if var.size == 0:
             return
         self.p.i_lo_a[var] = lo_a
+        self._col_lo[var] = lo_a
         self.h.changeColsBounds(
             int(var.size), var.astype(np.int32), lo_a.astype(float), self.p.i_hi_a[var]
         )

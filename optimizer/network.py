@@ -119,39 +119,61 @@ class Network:
             most = np.minimum(most, self.cap_a)
         return most
 
+    def most_a_per_stay(self) -> np.ndarray:
+        """Sum over each session's stay of its highest current [A·steps]."""
+        stay = (self.end - self.first).astype(float)
+        if self.cap_a is None:
+            return self.max_a * stay
+        return (self.step_max_a() * self.presence()).sum(axis=1)
+
+    def step_max_a_at(self, sessions: np.ndarray, step: int) -> np.ndarray:
+        """:meth:`step_max_a` of some sessions in one step [A]."""
+        most = self.max_a[sessions]
+        if self.cap_a is not None:
+            most = np.minimum(most, self.cap_a[sessions, step])
+        return most
+
     def presence(self) -> np.ndarray:
         """Boolean matrix sessions × steps, True where the session is plugged in."""
         t = np.arange(self.steps)
         return (t[None, :] >= self.first[:, None]) & (t[None, :] < self.end[:, None])
 
-    def uncontrolled_share_a(self) -> np.ndarray:
+    def uncontrolled_share_a(self, sessions: np.ndarray | None = None) -> np.ndarray:
         """Current [A] per session and step a station gives when it does not steer.
 
         Every plugged-in session gets ``min(connector limit, station limit / m)`` where ``m`` is
         the largest number of the station's plugged-in sessions on any phase it draws on.
-        Computed once per network (the result is read-only).
+        With ``sessions`` (indices), the rows of those sessions only; without, every row,
+        computed once per network (the result is read-only).
         """
-        cached = self._memo.get("uncontrolled_share_a")
-        if cached is not None:
-            return cached
-        present = self.presence().astype(np.float64)
-        n, n_st = self.n_sessions, len(self.station_ids)
-        m = np.zeros((n, self.steps))
+        if sessions is None:
+            cached = self._memo.get("uncontrolled_share_a")
+            if cached is not None:
+                return cached
+        rows = np.arange(self.n_sessions) if sessions is None else np.asarray(sessions)
+        n_st, steps = len(self.station_ids), self.steps
+        st = self.session_station
+        m = np.zeros((rows.size, steps))
         for ph in range(3):
             on = np.nonzero(self.phase_mask[:, ph])[0]
             if on.size == 0:
                 continue
-            # sessions per station and step on this phase: a stations × sessions indicator
-            member = sp.csr_matrix(
-                (np.ones(on.size), (self.session_station[on], on)), shape=(n_st, n)
-            )
-            per_session = (member @ present)[self.session_station[on]]
-            m[on] = np.maximum(m[on], per_session)
+            # plugged-in sessions per station and step on this phase: +1 at arrival, -1 at
+            # departure, summed along the steps
+            delta = np.zeros((n_st, steps + 1))
+            np.add.at(delta, (st[on], self.first[on]), 1.0)
+            np.add.at(delta, (st[on], self.end[on]), -1.0)
+            count = np.cumsum(delta[:, :steps], axis=1)
+            mine = self.phase_mask[rows, ph]
+            m[mine] = np.maximum(m[mine], count[st[rows[mine]]])
         with np.errstate(divide="ignore"):
-            share = self.station_limit_a[self.session_station] / np.maximum(m, 1.0)
-        out = np.minimum(self.max_a[:, None], share) * present
-        out.flags.writeable = False
-        self._memo["uncontrolled_share_a"] = out
+            share = self.station_limit_a[st[rows]] / np.maximum(m, 1.0)
+        t = np.arange(steps)
+        present = (t >= self.first[rows, None]) & (t < self.end[rows, None])
+        out = np.minimum(self.max_a[rows, None], share) * present
+        if sessions is None:
+            out.flags.writeable = False
+            self._memo["uncontrolled_share_a"] = out
         return out
 
 

@@ -8,6 +8,7 @@ where the session is present (sparse), ordered by session then step. All equatio
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import numpy as np
 import scipy.sparse as sp
@@ -45,6 +46,71 @@ class Weights:
     target_per_kwh: float = 10.0
     price_weight: float = 1.0
     front_per_kwh: float = 0.1
+
+
+@dataclass
+class Layout:
+    """Everything the constraint matrices of a problem depend on: two problems with equal
+    layouts have equal ``energy_rows``, ``limit_rows`` and ``target_rows``."""
+
+    start: datetime
+    dt_h: float
+    steps: int
+    session_ids: list[str]
+    group_names: list[str]
+    target_nodes: list[str]
+    arrays: tuple[np.ndarray, ...]
+
+    @classmethod
+    def of(
+        cls,
+        net: Network,
+        col_first: np.ndarray,
+        col_end: np.ndarray,
+        limit_group: np.ndarray,
+        limit_step: np.ndarray,
+        energy_session: np.ndarray,
+    ) -> Layout:
+        coef = net.groups.coef
+        targets = [net.node_members[n] for n in net.target_nodes]
+        return cls(
+            start=net.grid.start_utc,
+            dt_h=net.dt_h,
+            steps=net.steps,
+            session_ids=net.session_ids,
+            group_names=[
+                f"{k}:{s}" for k, s in zip(net.groups.kind, net.groups.subject, strict=True)
+            ],
+            target_nodes=list(net.target_nodes),
+            arrays=(
+                col_first,
+                col_end,
+                net.kw_per_a,
+                coef.indptr,
+                coef.indices,
+                coef.data,
+                limit_group,
+                limit_step,
+                energy_session,
+                np.asarray([m.size for m in targets], dtype=np.int64),
+                np.concatenate(targets) if targets else np.zeros(0, np.int64),
+            ),
+        )
+
+    def same(self, other: Layout) -> bool:
+        return (
+            self.start == other.start
+            and self.dt_h == other.dt_h
+            and self.steps == other.steps
+            and len(self.arrays) == len(other.arrays)
+            and all(
+                a.shape == b.shape and np.array_equal(a, b)
+                for a, b in zip(self.arrays, other.arrays, strict=True)
+            )
+            and self.session_ids == other.session_ids
+            and self.group_names == other.group_names
+            and self.target_nodes == other.target_nodes
+        )
 
 
 @dataclass
@@ -115,6 +181,8 @@ class ChargingProblem:
     target_kw: np.ndarray
     binary_vars: np.ndarray
     var_of: np.ndarray = field(repr=False)  # sessions × steps -> variable index or -1
+    layout: Layout | None = field(default=None, repr=False, compare=False)
+    """What fixes the matrices (set by :func:`build_problem`; ``None`` for a part)."""
 
     @property
     def n_vars(self) -> int:
@@ -136,18 +204,29 @@ def required_level_a(net: Network) -> np.ndarray:
     cached = net._memo.get("required_level_a")
     if cached is not None:
         return cached
-    req = np.repeat(net.min_a[:, None], net.steps, axis=1)
-    if net.opt_out.any():
-        share = net.uncontrolled_share_a()
-        req[net.opt_out] = np.maximum(req[net.opt_out], share[net.opt_out])
-    out = np.minimum(req, net.step_max_a())
+    rows = np.nonzero(net.opt_out)[0]
+    if net.cap_a is None:
+        # the maximum is the connector limit in every step: one pass over the day
+        out = np.repeat(np.minimum(net.min_a, net.max_a)[:, None], net.steps, axis=1)
+        if rows.size:
+            level = np.maximum(net.min_a[rows, None], net.uncontrolled_share_a(rows))
+            out[rows] = np.minimum(level, net.max_a[rows, None])
+    else:
+        req = np.repeat(net.min_a[:, None], net.steps, axis=1)
+        if rows.size:
+            req[rows] = np.maximum(req[rows], net.uncontrolled_share_a(rows))
+        out = np.minimum(req, net.step_max_a())
     out.flags.writeable = False
     net._memo["required_level_a"] = out
     return out
 
 
 def build_problem(
-    net: Network, weights: Weights | None = None, anchor_a: np.ndarray | None = None
+    net: Network,
+    weights: Weights | None = None,
+    anchor_a: np.ndarray | None = None,
+    span: tuple[np.ndarray, np.ndarray] | None = None,
+    like: ChargingProblem | None = None,
 ) -> ChargingProblem:
     """Arrays of the scheduling LP for a compiled network.
 
@@ -162,23 +241,36 @@ def build_problem(
         before it the lower bound is ``min(no-pause level, anchor)``. Within the window the LP
         chooses the currents freely. The LP then obeys the no-pause rule by construction, and
         since the anchor meets every bound the LP optimum is never worse than the anchor.
+    span : tuple of numpy.ndarray, optional
+        First step and one past the last step [step] of each session's columns, a superset of
+        its stay ``first ≤ t < end`` (default: the stay). Columns outside the stay are *idle*:
+        fixed at 0 A, cost 0, so the LP and its optimum are the same as without them. A live
+        engine keeps a session's columns when its predicted departure or energy need moves, so
+        the change is a change of bounds that the solver re-solves from its basis
+        (:mod:`optimizer.engine`).
+    like : ChargingProblem, optional
+        A problem built before (by a live engine, from the previous network). When it has the
+        same layout (columns, rows and coefficients), its constraint matrices are shared
+        instead of built again; only bounds, costs and right-hand sides are new.
     """
     w = weights or Weights()
     dt_h = net.dt_h
-    present = net.presence()
-    var_session, var_step = np.nonzero(present)  # ordered by session, then step
+    col_first, col_end = (net.first, net.end) if span is None else _widened(net, *span)
+    # one variable per column, ordered by session, then step
+    width = col_end - col_first
+    var_session = np.repeat(np.arange(net.n_sessions), width)
     nv = var_session.size
-    var_of = np.full(present.shape, -1, dtype=np.int64)
-    var_of[var_session, var_step] = np.arange(nv)
+    var_step = np.arange(nv) - np.repeat(np.cumsum(width) - width - col_first, width)
 
     kw = net.kw_per_a[var_session]
     kwh = kw * dt_h
-    step_max = net.step_max_a()
-    hi = step_max[var_session, var_step].astype(float)
+    hi = net.max_a[var_session].astype(float)
+    if net.cap_a is not None:
+        hi = np.minimum(hi, net.cap_a[var_session, var_step])
     req = required_level_a(net)[var_session, var_step]
 
     stay = (net.end - net.first).astype(float)
-    deliverable = (step_max * present).sum(axis=1) * net.kw_per_a * dt_h
+    deliverable = net.most_a_per_stay() * net.kw_per_a * dt_h
     has_need = ~np.isnan(net.need_kwh)
     need_eff = np.where(has_need, np.minimum(np.nan_to_num(net.need_kwh), deliverable), deliverable)
 
@@ -198,10 +290,7 @@ def build_problem(
         anchored[net.pause_consent[var_session]] = 0.0
         lo = np.maximum(lo, anchored)
         # sessions the anchor fills: nothing after the fill step, and no shortfall
-        e_cum = np.cumsum(anchor_a * (net.kw_per_a * dt_h)[:, None], axis=1)
-        fills = (e_cum[:, -1] >= need_eff - 1e-6) & (need_eff > 1e-9) & ~net.pause_consent
-        fill_step = np.argmax(e_cum >= (need_eff - 1e-6)[:, None], axis=1)
-        after = fills[var_session] & (var_step > fill_step[var_session])
+        fills, after = _anchor_fill(net, anchor_a, need_eff, var_session, var_step, kwh)
         hi[after] = 0.0
         lo[after] = 0.0
         u_hi[fills] = 0.0
@@ -209,30 +298,48 @@ def build_problem(
     full = need_eff[var_session] <= 1e-9
     hi[full] = 0.0
     lo[full] = 0.0
+    idle = (
+        None
+        if span is None
+        else (var_step < net.first[var_session]) | (var_step >= net.end[var_session])
+    )
+    if idle is not None:
+        hi[idle] = 0.0
+        lo[idle] = 0.0
 
     # front-loading: relative position in the stay, in (0, 1]
     front = (pos + 1.0) / np.maximum(stay[var_session], 1.0)
     cost = w.front_per_kwh * front * kwh
     if net.price_eur_per_mwh is not None:
         cost = cost + w.price_weight * net.price_eur_per_mwh[var_step] / 1000.0 * kwh
+    if idle is not None:
+        cost[idle] = 0.0
 
     # a pause-consent car that needs less than one step at its minimum fills in one shorter step
     pause = net.pause_consent[var_session]
     req[pause] = np.minimum(req[pause], need_eff[var_session[pause]] / kwh[pause])
 
-    energy_session = np.nonzero(need_eff > 1e-9)[0]
-    e_row_of_session = np.full(net.n_sessions, -1, dtype=np.int64)
-    e_row_of_session[energy_session] = np.arange(energy_session.size)
-    e_rows = e_row_of_session[var_session]
-    keep = e_rows >= 0
-    energy_rows = sp.csr_matrix(
-        (kwh[keep], (e_rows[keep], np.nonzero(keep)[0])), shape=(energy_session.size, nv)
-    )
+    with_row = need_eff > 1e-9
+    if span is not None:
+        # a session keeps its row while it has columns, even when its stay shrank to nothing
+        # (its columns are idle, the row reads 0 = 0), so the shape does not change
+        with_row |= col_end > col_first
+    energy_session = np.nonzero(with_row)[0]
 
-    limit_rows, limit_rhs, limit_group, limit_step = _limit_rows(
-        net, present, var_session, var_step
-    )
-    target_rows, target_kw = _target_rows(net, var_of, kw)
+    limit_group, limit_step, row_of = _limit_row_set(net, col_first, col_end)
+    limit_rhs = net.groups.limit[limit_group, limit_step]
+    layout = Layout.of(net, col_first, col_end, limit_group, limit_step, energy_session)
+    if like is not None and like.layout is not None and like.layout.same(layout):
+        # the same columns, rows and coefficients: share the matrices
+        energy_rows, limit_rows, target_rows = like.energy_rows, like.limit_rows, like.target_rows
+        var_of = like.var_of
+    else:
+        var_of = np.full((net.n_sessions, net.steps), -1, dtype=np.int64)
+        var_of[var_session, var_step] = np.arange(nv)
+        energy_rows = _energy_matrix(energy_session, var_session, kwh, net.n_sessions)
+        limit_rows = _limit_matrix(net, row_of, limit_group.size, var_session, var_step)
+        target_rows = _target_matrix(net, var_of, kw)
+    target_kw = net.target_kw.ravel()
 
     return ChargingProblem(
         net=net,
@@ -258,46 +365,147 @@ def build_problem(
         target_kw=target_kw,
         binary_vars=np.nonzero(net.pause_consent[var_session])[0],
         var_of=var_of,
+        layout=layout,
     )
 
 
-def _limit_rows(
-    net: Network, present: np.ndarray, var_session: np.ndarray, var_step: np.ndarray
-) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray, np.ndarray]:
-    """Rows ``Σ_s coef[g, s] · i[s, t] ≤ limit[g, t]`` for every (group, step) that can bind.
+def _energy_matrix(
+    energy_session: np.ndarray, var_session: np.ndarray, kwh: np.ndarray, n_sessions: int
+) -> sp.csr_matrix:
+    """Rows ``Σ_t kwh_per_a · i[s, t]`` of the sessions with an energy row [kWh/A]."""
+    nv = var_session.size
+    e_row_of_session = np.full(n_sessions, -1, dtype=np.int64)
+    e_row_of_session[energy_session] = np.arange(energy_session.size)
+    e_rows = e_row_of_session[var_session]
+    keep = e_rows >= 0
+    return sp.csr_matrix(
+        (kwh[keep], (e_rows[keep], np.nonzero(keep)[0])), shape=(energy_session.size, nv)
+    )
 
+
+def _anchor_fill(
+    net: Network,
+    anchor_a: np.ndarray,
+    need_eff: np.ndarray,
+    var_session: np.ndarray,
+    var_step: np.ndarray,
+    kwh: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sessions the anchor fills (``need_eff`` reached), and the variables after the step in
+    which it fills them.
+
+    Works on the variables (session-major, each session's in one run) when the anchor has no
+    current outside them, else on the whole ``sessions × steps`` matrix.
+    """
+    threshold = need_eff - 1e-6
+    e_var = anchor_a[var_session, var_step] * kwh
+    if np.count_nonzero(e_var) != np.count_nonzero(anchor_a):
+        e_cum = np.cumsum(anchor_a * (net.kw_per_a * net.dt_h)[:, None], axis=1)
+        fills = (e_cum[:, -1] >= threshold) & (need_eff > 1e-9) & ~net.pause_consent
+        fill_step = np.argmax(e_cum >= threshold[:, None], axis=1)
+        return fills, fills[var_session] & (var_step > fill_step[var_session])
+    nv = var_session.size
+    new_run = np.ones(nv, dtype=bool)
+    new_run[1:] = var_session[1:] != var_session[:-1]
+    run_start = np.maximum.accumulate(np.where(new_run, np.arange(nv), 0))
+    total = np.cumsum(e_var)
+    e_cum = total - (total - e_var)[run_start]  # energy up to and including each variable
+    reached = e_cum >= threshold[var_session]
+    # reached in an earlier variable of the same session
+    seen = np.cumsum(reached) - reached
+    earlier = seen - seen[run_start] > 0
+    delivered = np.zeros(net.n_sessions)
+    last = np.ones(nv, dtype=bool)
+    last[:-1] = new_run[1:]
+    delivered[var_session[last]] = e_cum[last]
+    fills = (delivered >= threshold) & (need_eff > 1e-9) & ~net.pause_consent
+    return fills, fills[var_session] & earlier
+
+
+def _widened(net: Network, first: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column steps ``[first, end)`` of every session: its stay and the given span, and all
+    steps between them (the stay alone where the span is empty, the span where the stay is)."""
+    if first.shape != (net.n_sessions,) or end.shape != (net.n_sessions,):
+        raise ValueError(f"span: one first and end step per session expected (got {first.shape})")
+    first = np.clip(first, 0, net.steps)
+    end = np.clip(end, 0, net.steps)
+    stay, spans = net.end > net.first, end > first
+    both = stay & spans
+    lo = np.where(both, np.minimum(first, net.first), np.where(spans, first, net.first))
+    hi = np.where(both, np.maximum(end, net.end), np.where(spans, end, net.end))
+    return lo, np.maximum(hi, lo)
+
+
+def _limit_row_set(
+    net: Network, col_first: np.ndarray, col_end: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The (group, step) pairs that can bind: ``Σ_s coef[g, s] · max[s] > limit[g, t]`` over
+    the sessions with a column in ``t``; as groups, steps and a ``groups × steps`` map to the
+    row number (-1: no row).
+
+    ``col_first``, ``col_end``: the steps ``[first, end)`` in which each session has columns.
     A row whose members cannot exceed the limit even at their maximum current is dropped.
     """
     groups = net.groups
-    nv = var_session.size
-    if groups.n == 0 or nv == 0:
-        return sp.csr_matrix((0, nv)), np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    max_a = net.max_a
-    most = groups.coef @ (present * max_a[:, None])  # groups × steps, at every maximum
+    steps = net.steps
+    if groups.n == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.full((0, steps), -1, dtype=np.int64)
+    # every group's sum at every member's maximum, per step: +coef·max at a member's first
+    # column, -coef·max after its last, summed along the steps
+    coo = groups.coef.tocoo()
+    weight = coo.data * net.max_a[coo.col]
+    width = steps + 1
+    delta = np.bincount(
+        np.concatenate([coo.row * width + col_first[coo.col], coo.row * width + col_end[coo.col]]),
+        weights=np.concatenate([weight, -weight]),
+        minlength=groups.n * width,
+    )
+    most = np.cumsum(delta.reshape(groups.n, width)[:, :steps], axis=1)
     can_bind = (most > groups.limit + 1e-9) & ~groups.dominated[:, None]
     bind_g, bind_t = np.nonzero(can_bind)
-    n_rows = bind_g.size
     row_of = np.full(groups.limit.shape, -1, dtype=np.int64)  # (group, step) -> row or -1
-    row_of[bind_g, bind_t] = np.arange(n_rows)
-    # every variable's group memberships: the rows of a sessions × groups matrix, one per
-    # variable; the entry (variable, group) lands in row (group, variable's step) when built
-    member = groups.coef.T.tocsr()[var_session]
-    entry_var = np.repeat(np.arange(nv), np.diff(member.indptr))
-    row = row_of[member.indices, var_step[entry_var]]
+    row_of[bind_g, bind_t] = np.arange(bind_g.size)
+    return bind_g, bind_t, row_of
+
+
+def _limit_matrix(
+    net: Network, row_of: np.ndarray, n_rows: int, var_session: np.ndarray, var_step: np.ndarray
+) -> sp.csr_matrix:
+    """Rows ``Σ_s coef[g, s] · i[s, t]`` of the limit rows numbered by ``row_of``."""
+    groups = net.groups
+    nv = var_session.size
+    if n_rows == 0 or nv == 0:
+        return sp.csr_matrix((n_rows, nv))
+    has_row = np.any(row_of >= 0, axis=1)
+    # the memberships (session, group) of groups with a row at all, per session
+    member = groups.coef.T.tocsr()
+    useful = has_row[member.indices]
+    m_index, m_data = member.indices[useful], member.data[useful]
+    m_count = np.bincount(
+        np.repeat(np.arange(net.n_sessions), np.diff(member.indptr))[useful],
+        minlength=net.n_sessions,
+    )
+    m_start = np.cumsum(m_count) - m_count
+    # every variable takes its session's memberships: entries in variable (column) order, and
+    # within a variable in group order, which is row order: the arrays of a CSC matrix
+    count = m_count[var_session]
+    first = np.cumsum(count) - count
+    flat = np.repeat(m_start[var_session] - first, count) + np.arange(int(count.sum()))
+    entry_var = np.repeat(np.arange(nv), count)
+    row = row_of[m_index[flat], var_step[entry_var]]
     ok = row >= 0
-    rows = sp.csr_matrix((member.data[ok], (row[ok], entry_var[ok])), shape=(n_rows, nv))
-    rhs = groups.limit[bind_g, bind_t]
-    return rows, rhs, bind_g, bind_t
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(entry_var[ok], minlength=nv))])
+    rows = sp.csc_matrix((m_data[flat[ok]], row[ok], indptr), shape=(n_rows, nv)).tocsr()
+    return rows
 
 
-def _target_rows(
-    net: Network, var_of: np.ndarray, kw: np.ndarray
-) -> tuple[sp.csr_matrix, np.ndarray]:
+def _target_matrix(net: Network, var_of: np.ndarray, kw: np.ndarray) -> sp.csr_matrix:
     """Rows ``Σ_{s below n} p[s, t]`` for each target node ``n`` and step ``t`` [kW]."""
     nv = kw.size
     steps = net.steps
     if not net.target_nodes:
-        return sp.csr_matrix((0, nv)), np.zeros(0)
+        return sp.csr_matrix((0, nv))
     r_list, c_list, v_list = [], [], []
     for k, node in enumerate(net.target_nodes):
         members = net.node_members[node]
@@ -311,7 +519,7 @@ def _target_rows(
         (np.concatenate(v_list), (np.concatenate(r_list), np.concatenate(c_list))),
         shape=(len(net.target_nodes) * steps, nv),
     )
-    return rows, net.target_kw.ravel()
+    return rows
 
 
 def objective_value(p: ChargingProblem, current_a: np.ndarray) -> float:

@@ -7,13 +7,16 @@ currents that are written out, so the file is consistent with itself; the indepe
 
 from __future__ import annotations
 
+import contextlib
+import gc
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from optimizer.network import UNIT_OF_KIND, Network
 from optimizer.problem import required_level_a
-from optimizer.uncontrolled import node_power_kw
+from optimizer.uncontrolled import node_power_matrix_kw
 
 SCHEDULE_FORMAT = "gridcharge.schedule/1"
 CURRENT_DECIMALS = 4
@@ -25,7 +28,11 @@ def round_currents(current_a: np.ndarray) -> np.ndarray:
     """Currents as written to the file: rounded down to 1e-4 A, so rounding never creates an
     excess over a limit; never negative."""
     scale = 10.0**CURRENT_DECIMALS
-    return np.maximum(np.floor(current_a * scale + 1e-6) / scale, 0.0)
+    out = np.multiply(current_a, scale)  # one new array, the rest in place
+    out += 1e-6
+    np.floor(out, out=out)
+    out /= scale
+    return np.maximum(out, 0.0, out=out)
 
 
 def session_energy_kwh(net: Network, current_a: np.ndarray) -> np.ndarray:
@@ -56,8 +63,55 @@ def no_pause_dips(net: Network, current_a: np.ndarray, tol: float = 1e-4) -> np.
     """Boolean ``sessions × steps``: below the no-pause level while not full and not filling.
 
     The rule of ``docs/formats.md`` (kinds ``min_current`` and ``opt_out``); pause-consent
-    sessions are exempt.
+    sessions are exempt. Works on the plugged-in cells only (a fraction of the day) when the
+    schedule has no current outside them, as every schedule of the product.
     """
+    cell_s, cell_t, run_start = present_cells(net)
+    cur = current_a[cell_s, cell_t]
+    if np.count_nonzero(cur) != np.count_nonzero(current_a):
+        return _no_pause_dips_dense(net, current_a, tol)
+    e_step = cur * (net.kw_per_a * net.dt_h)[cell_s]
+    total = np.cumsum(e_step)
+    # energy before each cell within its session: the running total less the total before the
+    # session's first cell
+    before_run = (total - e_step)[run_start]
+    e_before = total - e_step - before_run
+    e_after = e_before + e_step
+    need = net.need_kwh[cell_s]
+    has_need = ~np.isnan(need)
+    not_full = ~has_need | (e_before < need - 1e-3)
+    filling = has_need & (e_after >= need - 1e-3)
+    req = required_level_a(net)[cell_s, cell_t]
+    dip = not_full & ~filling & (cur < req - tol) & ~net.pause_consent[cell_s]
+    dips = np.zeros(current_a.shape, dtype=bool)
+    dips[cell_s[dip], cell_t[dip]] = True
+    return dips
+
+
+def present_cells(net: Network) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Session and step of every plugged-in cell (session-major), and for each cell the
+    position of its session's first cell. Computed once per network."""
+    cached = net._memo.get("present_cells")
+    if cached is None:
+        stay = net.end - net.first
+        start = np.cumsum(stay) - stay  # position of each session's first cell
+        cell_s = np.repeat(np.arange(net.n_sessions), stay)
+        run_start = np.repeat(start, stay)
+        cell_t = np.arange(cell_s.size) - run_start + np.repeat(net.first, stay)
+        for name, a in (("cell_s", cell_s), ("cell_t", cell_t), ("run_start", run_start)):
+            a.flags.writeable = False
+            net._memo[f"present_cells.{name}"] = a
+        net._memo["present_cells"] = cell_s
+    memo = net._memo
+    return (
+        memo["present_cells.cell_s"],
+        memo["present_cells.cell_t"],
+        memo["present_cells.run_start"],
+    )
+
+
+def _no_pause_dips_dense(net: Network, current_a: np.ndarray, tol: float) -> np.ndarray:
+    """:func:`no_pause_dips` for any matrix, current outside the stays included."""
     present = net.presence()
     e_step = current_a * (net.kw_per_a * net.dt_h)[:, None]
     e_after = np.cumsum(e_step, axis=1)
@@ -78,12 +132,48 @@ def pause_level_breaks(net: Network, current_a: np.ndarray, tol: float = 1e-3) -
     Such a session may be paused (0 A) or charge at least its minimum; less than the minimum
     is allowed only in the step it becomes full (kind ``pause_current`` in ``docs/formats.md``).
     """
+    if not net.pause_consent.any():
+        return np.zeros(current_a.shape, dtype=bool)
     e_step = current_a * (net.kw_per_a * net.dt_h)[:, None]
     e_after = np.cumsum(e_step, axis=1)
     need = net.need_kwh[:, None]
     filling = np.where(~np.isnan(need), e_after >= need - 1e-3, False)
     between = (current_a > tol) & (current_a < net.min_a[:, None] - tol)
     return between & ~filling & net.pause_consent[:, None]
+
+
+def current_lists(current_a: np.ndarray, net: Network | None = None) -> list[list[float]]:
+    """Rows of a ``sessions × steps`` matrix as lists of floats, cheaply: only the span from a
+    row's first to its last non-zero entry is converted; the zeros around it are one shared
+    ``0.0`` (a day has far more idle than charging steps). With the network, a schedule with
+    no current outside the stays is converted stay by stay."""
+    steps = current_a.shape[1]
+    if net is not None:
+        cell_s, cell_t, _ = present_cells(net)
+        values = current_a[cell_s, cell_t]
+        if np.count_nonzero(values) == np.count_nonzero(current_a):
+            # nothing outside the stays: each row is its stay's values between zeros
+            flat = values.tolist()
+            zeros = [0.0] * steps
+            out = []
+            pos = 0
+            for a, b in zip(net.first.tolist(), net.end.tolist(), strict=True):
+                out.append(zeros[:a] + flat[pos : pos + b - a] + zeros[b:])
+                pos += b - a
+            return out
+    nonzero = current_a != 0
+    has = nonzero.any(axis=1)
+    lo = np.where(has, nonzero.argmax(axis=1), 0)
+    hi = np.where(has, steps - nonzero[:, ::-1].argmax(axis=1), 0)
+    t = np.arange(steps)
+    values = current_a[(t >= lo[:, None]) & (t < hi[:, None])].tolist()
+    zeros = [0.0] * steps
+    out = []
+    pos = 0
+    for a, b in zip(lo.tolist(), hi.tolist(), strict=True):
+        out.append(zeros[:a] + values[pos : pos + b - a] + zeros[b:])
+        pos += b - a
+    return out
 
 
 def build_schedule(
@@ -99,11 +189,38 @@ def build_schedule(
 
     ``status`` is downgraded to ``infeasible_limits`` when a limit is exceeded.
     """
+    with gc_paused():
+        return _build_schedule(net, current_a, method, status, solver, reason)
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a large tree of new containers without
+    cycles is built (a schedule holds one list per session): its full passes over millions of
+    fresh objects would cost more than building them."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _build_schedule(
+    net: Network,
+    current_a: np.ndarray,
+    method: str,
+    status: str,
+    solver: dict[str, Any],
+    reason: str | None,
+) -> dict[str, Any]:
     cur = round_currents(current_a)
     energy = session_energy_kwh(net, cur)
     need = net.need_kwh
     unmet = np.where(np.isnan(need), np.nan, np.maximum(np.nan_to_num(need) - energy, 0.0))
-    power = node_power_kw(net, cur)
+    power_m = node_power_matrix_kw(net, cur)
+    power = dict(zip(net.node_members, power_m, strict=True))
     violations = limit_violations(net, cur)
     dips = no_pause_dips(net, cur, tol=1e-3)
     level = required_level_a(net)
@@ -151,13 +268,16 @@ def build_schedule(
 
     sessions = {
         sid: {
-            "current_a": cur[k].tolist(),
-            "energy_kwh": round(float(energy[k]), 6),
-            "unmet_kwh": None if np.isnan(unmet[k]) else round(float(unmet[k]), 6),
+            "current_a": c,
+            "energy_kwh": round(e, 6),
+            "unmet_kwh": None if u != u else round(u, 6),
         }
-        for k, sid in enumerate(net.session_ids)
+        for sid, c, e, u in zip(
+            net.session_ids, current_lists(cur, net), energy.tolist(), unmet.tolist(), strict=True
+        )
     }
-    nodes = {nid: {"power_kw": np.round(p, 6).tolist()} for nid, p in power.items()}
+    power_kw = np.round(power_m, 6).tolist()
+    nodes = {nid: {"power_kw": p} for nid, p in zip(power, power_kw, strict=True)}
     out: dict[str, Any] = {
         "format": SCHEDULE_FORMAT,
         "status": status,

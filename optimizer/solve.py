@@ -29,7 +29,7 @@ from optimizer.problem import ChargingProblem, Weights, build_problem, objective
 from optimizer.result import build_schedule, no_pause_dips
 from optimizer.scenario import Scenario
 from optimizer.uncontrolled import uncontrolled_currents_a
-from optimizer.warm import KeyBook, WarmState
+from optimizer.warm import KeyBook, NetKeys, WarmState
 
 METHODS = ("lp", "milp", "greedy", "uncontrolled")
 DEFAULT_MILP_TIME_LIMIT_S = 60.0
@@ -50,6 +50,33 @@ class LiveState:
     warm: WarmState | None = None
     map_bases: bool = False
     """Start parts whose shape changed from the old basis matched by key (else cold)."""
+    span_first: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    span_end: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    """Columns each stable session id had so far: absolute key steps ``[first, end)``."""
+
+    def span(self, net: Network, keys: NetKeys) -> tuple[np.ndarray, np.ndarray]:
+        """Column span of every session of ``net`` [grid step]: its stay, widened to the
+        columns it had before (clipped to the grid), so that a departure or arrival that moves
+        inside the old span changes bounds only (idle columns fixed at 0 A,
+        :func:`optimizer.problem.build_problem`) and its part is re-solved in place."""
+        sid = keys.session
+        size = int(sid.max(initial=-1)) + 1
+        if self.span_first.size < size:
+            grow = size - self.span_first.size
+            self.span_first = np.concatenate([self.span_first, np.zeros(grow, np.int64)])
+            self.span_end = np.concatenate([self.span_end, np.zeros(grow, np.int64)])
+        first = keys.step0 + net.first
+        end = keys.step0 + net.end
+        old_first, old_end = self.span_first[sid], self.span_end[sid]
+        had = old_end > old_first
+        stays = end > first
+        first = np.where(had & stays, np.minimum(first, old_first), np.where(had, old_first, first))
+        end = np.where(had & stays, np.maximum(end, old_end), np.where(had, old_end, end))
+        lo, hi = keys.step0, keys.step0 + net.steps
+        first, end = np.clip(first, lo, hi), np.clip(end, lo, hi)
+        end = np.maximum(end, first)
+        self.span_first[sid], self.span_end[sid] = first, end
+        return first - lo, end - lo
 
 
 def make_twin(
@@ -60,6 +87,7 @@ def make_twin(
     workers: int | None = None,
     scheduler: str | None = None,
     live: LiveState | None = None,
+    keys: NetKeys | None = None,
 ) -> Any:
     """The live solver model for ``backend``.
 
@@ -76,6 +104,7 @@ def make_twin(
             scheduler=scheduler,
             book=live.book if live else None,
             warm=live.warm if live else None,
+            net_keys=keys,
             map_bases=live.map_bases if live else False,
         )
     if backend == "pyomo":
@@ -137,7 +166,10 @@ def solve_lp(
     """
     t0 = time.perf_counter()
     greedy = greedy_currents_a(net)
-    problem = build_problem(net, weights, anchor_a=greedy)
+    keys = NetKeys.of(net, live.book) if live is not None and backend == "highs" else None
+    span = live.span(net, keys) if live is not None and keys is not None else None
+    like = live.warm.problem if live is not None and live.warm is not None else None
+    problem = build_problem(net, weights, anchor_a=greedy, span=span, like=like)
     if problem.n_vars == 0:
         empty: dict[str, Any] = {
             "name": "none",
@@ -149,7 +181,7 @@ def solve_lp(
             "time_s": round(time.perf_counter() - t0, 4),
         }
         return np.zeros((net.n_sessions, net.steps)), empty, None
-    twin = make_twin(problem, backend, time_limit_s, mip_rel_gap, workers, scheduler, live)
+    twin = make_twin(problem, backend, time_limit_s, mip_rel_gap, workers, scheduler, live, keys)
     try:
         current, info, reason = _repair_loop(problem, twin, greedy, t0, time_limit_s, progress)
         if isinstance(twin, PartitionedTwin):
@@ -203,7 +235,6 @@ def _repair_loop(
     else:
         return None, info, f"no-pause repair did not settle in {MAX_REPAIR_ROUNDS} rounds"
     assert solution is not None
-    current = problem.currents(solution.x)
     # safety net: the repair rounds add bounds the greedy schedule may not meet; publish the
     # LP only if it is at least as good as greedy under the same objective
     lp_value = objective_value(problem, current)

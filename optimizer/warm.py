@@ -154,6 +154,10 @@ class WarmState:
     """The parts' live solver objects (their HiGHS models and bases)."""
     session_part: np.ndarray
     """Part of each stable session id (-1 where the session was not in the problem)."""
+    problem: ChargingProblem | None = None
+    """The whole problem solved (its matrices are shared when the next one has its layout)."""
+    parts: list[Any] | None = None
+    """Its parts (:class:`optimizer.decompose.Part`)."""
 
 
 def _digest(arrays: list[np.ndarray]) -> bytes:

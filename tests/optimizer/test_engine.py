@@ -56,6 +56,26 @@ def earlier_departure(raw: dict[str, Any]) -> None:
     s["departure"] = (datetime.fromisoformat(s["departure"]) - timedelta(minutes=45)).isoformat()
 
 
+def later_departure(raw: dict[str, Any]) -> None:
+    """A new departure prediction, 15 minutes later than the current one (the stay gains
+    steps), for a session whose connector is free that long."""
+    later = timedelta(minutes=15)
+    end = datetime.fromisoformat(raw["grid"]["start"]) + timedelta(
+        seconds=raw["grid"]["step_s"] * raw["grid"]["steps"]
+    )
+
+    def free(s: dict[str, Any]) -> bool:
+        dep = datetime.fromisoformat(s["departure"])
+        return dep + later < end and not any(
+            o["connector"] == s["connector"]
+            and dep <= datetime.fromisoformat(o["arrival"]) < dep + later
+            for o in raw["sessions"]
+        )
+
+    s = next(s for s in raw["sessions"] if s["id"].startswith(capped(raw)) and free(s))
+    s["departure"] = (datetime.fromisoformat(s["departure"]) + later).isoformat()
+
+
 def arrival(raw: dict[str, Any]) -> None:
     busy = {s["connector"] for s in raw["sessions"]}
     free = next(
@@ -101,7 +121,8 @@ def solved(engine: LiveEngine, raw: dict[str, Any]) -> dict[str, Any]:
     ("change", "expect"),
     [
         (more_energy, "inplace"),
-        (earlier_departure, "mapped"),
+        (earlier_departure, "inplace"),
+        (later_departure, "mapped"),
         (arrival, "mapped"),
         (departure, "mapped"),
         (cap_step, "warm"),
@@ -148,7 +169,16 @@ def test_a_chain_of_changes_stays_equal_to_cold_solves(map_bases: bool) -> None:
     raw = base(9)
     engine = LiveEngine(workers=2, map_bases=map_bases)
     solved(engine, raw)
-    for change in (more_energy, cap_step, arrival, earlier_departure, roll, departure):
+    for change in (
+        more_energy,
+        cap_step,
+        arrival,
+        earlier_departure,
+        later_departure,
+        roll,
+        earlier_departure,
+        departure,
+    ):
         change(raw)
         warm = solved(engine, raw)
         cold = solve_network(compile_network(parse_scenario(raw)), "lp")
@@ -184,9 +214,150 @@ def test_by_default_a_reshaped_part_is_solved_cold_and_a_rebounded_one_in_place(
     raw = base()
     engine = LiveEngine(workers=2)
     solved(engine, raw)
-    earlier_departure(raw)  # a new shape in the capped region
+    arrival(raw)  # a new shape in the capped region
     by_start = solved(engine, raw)["solver"]["parts_by_start"]
     assert by_start["mapped"] == 0 and by_start["cold"] >= 1 and by_start["reused"] >= 1
     more_energy(raw)  # same shape, other bounds
     by_start = solved(engine, raw)["solver"]["parts_by_start"]
     assert by_start["inplace"] >= 1 and by_start["mapped"] == 0
+
+
+def _shortened(raw: dict[str, Any], minutes: float, share: float) -> dict[str, Any]:
+    """Every session of the capped region with an energy need: departure ``minutes`` earlier
+    (where the stay allows) and the need times ``share``."""
+    out = copy.deepcopy(raw)
+    for s in out["sessions"]:
+        if not s["id"].startswith(capped(raw)) or not s.get("energy_kwh"):
+            continue
+        s["energy_kwh"] = round(share * s["energy_kwh"], 3)
+        arr, dep = (datetime.fromisoformat(s[f]) for f in ("arrival", "departure"))
+        if dep - timedelta(minutes=minutes) > arr:
+            s["departure"] = (dep - timedelta(minutes=minutes)).isoformat()
+    return out
+
+
+@pytest.mark.parametrize("seed", [4, 9, 17])
+def test_new_departures_and_needs_are_applied_in_place_and_equal_a_cold_solve(seed: int) -> None:
+    """A departure that moves earlier keeps the session's columns (idle ones fixed at 0 A):
+    the part is updated in place, not rebuilt, and the optimum is the cold one."""
+    raw = base(seed)
+    engine = LiveEngine(workers=2)
+    solved(engine, raw)
+    for minutes, share in ((45, 0.8), (90, 1.1), (0, 0.5)):
+        # the last round moves departures back later, still inside the columns kept
+        changed = _shortened(raw, minutes, share)
+        warm = solved(engine, changed)
+        cold = solve_network(compile_network(parse_scenario(changed)), "lp")
+        assert warm["solver"]["objective"] == pytest.approx(
+            cold["solver"]["objective"], rel=1e-7, abs=1e-6
+        )
+        assert warm["kpis"] == cold["kpis"] or warm["kpis"]["energy_delivered_kwh"] == (
+            pytest.approx(cold["kpis"]["energy_delivered_kwh"], rel=1e-6, abs=1e-3)
+        )
+        by_start = warm["solver"]["parts_by_start"]
+        assert by_start["inplace"] >= 1, by_start
+        assert by_start["cold"] == by_start["mapped"] == 0, by_start
+        # idle columns carry no current
+        net = compile_network(parse_scenario(changed))
+        present = net.presence()
+        for k, sid in enumerate(net.session_ids):
+            assert all(
+                a == 0
+                for a, p in zip(warm["sessions"][sid]["current_a"], present[k], strict=True)
+                if not p
+            )
+
+
+def test_a_stay_that_shrinks_to_nothing_keeps_the_shape() -> None:
+    """A session whose predicted departure moves into its arrival step has no stay left; its
+    columns and energy row stay (idle), so its part is still updated in place."""
+    raw = base(4)
+    engine = LiveEngine(workers=2)
+    solved(engine, raw)
+    s = first(raw)
+    arr = datetime.fromisoformat(s["arrival"])
+    assert arr.second or arr.microsecond  # not on the grid: arrival rounds up past departure
+    s["departure"] = (arr + timedelta(seconds=1)).isoformat()
+    warm = solved(engine, raw)
+    cold = solve_network(compile_network(parse_scenario(raw)), "lp")
+    assert warm["solver"]["objective"] == pytest.approx(
+        cold["solver"]["objective"], rel=1e-7, abs=1e-6
+    )
+    assert warm["sessions"][s["id"]]["energy_kwh"] == 0.0
+    assert warm["solver"]["parts_by_start"]["cold"] == 0
+
+
+def test_an_unchanged_layout_shares_the_matrices_and_parts() -> None:
+    """A new energy need changes bounds only: the next problem shares the previous one's
+    matrices (not rebuilt), its parts are re-cut from the previous ones, and the result is the
+    cold one."""
+    raw = base(4)
+    engine = LiveEngine(workers=2)
+    solved(engine, raw)
+    assert engine.live.warm is not None and engine.live.warm.problem is not None
+    before = engine.live.warm.problem
+    more_energy(raw)
+    warm = solved(engine, raw)
+    after = engine.live.warm.problem
+    assert after is not before
+    assert after.limit_rows is before.limit_rows and after.energy_rows is before.energy_rows
+    assert after.need_eff_kwh.tolist() != before.need_eff_kwh.tolist()
+    assert warm["solver"]["parts_by_start"]["cold"] == 0
+    cold = solve_network(compile_network(parse_scenario(raw)), "lp")
+    assert warm["solver"]["objective"] == pytest.approx(
+        cold["solver"]["objective"], rel=1e-7, abs=1e-6
+    )
+    # a new session changes the layout: new matrices
+    arrival(raw)
+    solved(engine, raw)
+    assert engine.live.warm.problem.limit_rows is not after.limit_rows
+
+
+def test_build_problem_shares_matrices_only_for_the_same_layout() -> None:
+    from optimizer.greedy import greedy_currents_a
+    from optimizer.problem import build_problem
+
+    raw = base(4)
+    net = compile_network(parse_scenario(raw))
+    first_ = build_problem(net, anchor_a=greedy_currents_a(net))
+    changed = copy.deepcopy(raw)
+    more_energy(changed)
+    net2 = compile_network(parse_scenario(changed))
+    shared = build_problem(net2, anchor_a=greedy_currents_a(net2), like=first_)
+    fresh = build_problem(net2, anchor_a=greedy_currents_a(net2))
+    assert shared.limit_rows is first_.limit_rows
+    for name in ("energy_rows", "limit_rows", "target_rows"):
+        assert (getattr(shared, name) != getattr(fresh, name)).nnz == 0, name
+    for name in ("i_lo_a", "i_hi_a", "i_cost_per_a", "need_eff_kwh", "limit_rhs", "target_kw"):
+        assert getattr(shared, name).tolist() == getattr(fresh, name).tolist(), name
+    arrival(changed)
+    net3 = compile_network(parse_scenario(changed))
+    other = build_problem(net3, anchor_a=greedy_currents_a(net3), like=first_)
+    assert other.limit_rows is not first_.limit_rows
+
+
+def test_an_update_in_place_passes_changes_and_equals_a_fresh_model() -> None:
+    """HighsTwin.update sends only the changed bounds, costs and right-hand sides; after a
+    repair bound and an update, the model solves to the optimum of a fresh model."""
+    import numpy as np
+
+    from optimizer.greedy import greedy_currents_a
+    from optimizer.lp_highs import HighsTwin
+    from optimizer.problem import build_problem
+
+    raw = base(4)
+    net = compile_network(parse_scenario(raw))
+    a = build_problem(net, anchor_a=greedy_currents_a(net))
+    twin = HighsTwin(a)
+    twin.solve()
+    var = np.nonzero(a.i_hi_a > a.i_lo_a + 1.0)[0][:3]
+    twin.set_current_lower(var, a.i_lo_a[var] + 0.5)  # the model's bounds move
+    more_energy(raw)
+    net2 = compile_network(parse_scenario(raw))
+    b = build_problem(net2, anchor_a=greedy_currents_a(net2), like=a)
+    assert b.limit_rows is a.limit_rows
+    twin.update(b)  # the repair bound goes back to b's bound: a change too
+    warm = twin.solve()
+    fresh = HighsTwin(b).solve()
+    assert warm.status == fresh.status == "optimal"
+    assert warm.objective == pytest.approx(fresh.objective, rel=1e-9, abs=1e-7)
