@@ -24,15 +24,17 @@ import logging
 import threading
 import time
 from bisect import bisect_right
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
 from functools import lru_cache
+from itertools import repeat
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import numpy as np
+import orjson
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import ARRAY, String, Table, Text, any_, bindparam, func, select, update
 from sqlalchemy import cast as sql_cast
@@ -40,6 +42,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.bulk import Encoded, dumps, insert_rows, loads, reserve_ids
 from api.db import transaction, utcnow
+from api.dr_batch import Batch, render_batch
 from api.live import build_live_scenario, held_sessions
 from api.metrics import REGISTRY
 from api.models import (
@@ -146,6 +149,25 @@ def _iso(t: datetime | None) -> str | None:
 def iso_z(t: datetime) -> str:
     """``t`` in UTC, ISO-8601 with ``Z``."""
     return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+class Spans:
+    """Wall time of the steps of one request [ms], in the order they ran (the response and the
+    audit entry carry them, so a slow activation says where its time went)."""
+
+    def __init__(self, t0: float | None = None) -> None:
+        self.t0 = self.t = time.perf_counter() if t0 is None else t0
+        self.ms: dict[str, float] = {}
+
+    def total_s(self) -> float:
+        """Seconds since the start [s]."""
+        return time.perf_counter() - self.t0
+
+    def mark(self, step: str) -> None:
+        """End ``step`` now (it began at the previous mark)."""
+        t = time.perf_counter()
+        self.ms[step] = round(self.ms.get(step, 0.0) + (t - self.t) * 1e3, 2)
+        self.t = t
 
 
 def audit(
@@ -479,6 +501,20 @@ def published_ocpi(db: Session, ids: list[str]) -> dict[str, dict[str, Any]]:
     return {sid: decoded.get(t) or decoded.setdefault(t, loads(t)) for sid, t in texts.items()}
 
 
+def decode_profiles(texts: Sequence[str | None]) -> list[dict[str, Any] | None]:
+    """Decoded JSON of ``texts`` (None stays None); each distinct text is decoded once, all of
+    them in one call of the decoder."""
+    distinct = list(dict.fromkeys(t for t in texts if t is not None))
+    if not distinct:
+        return [None] * len(texts)
+    try:
+        values = orjson.loads("[" + ",".join(distinct) + "]")
+    except orjson.JSONDecodeError:  # NaN/Infinity written by the standard library
+        values = [loads(t) for t in distinct]
+    by_text = dict(zip(distinct, values, strict=True))
+    return [None if t is None else by_text[t] for t in texts]
+
+
 def published_ocpi_texts(db: Session, ids: list[str]) -> dict[str, str]:
     """The published OCPI profiles of ``ids`` as stored JSON text (PostgreSQL's driver hands
     back decoded JSON, which is encoded again; identical profiles then give identical text)."""
@@ -755,25 +791,26 @@ def planned_kwh(
 def publish_curtailments(
     db: Session,
     run_id: int,
-    published: Sequence[tuple[str, int, RenderedShape]],
-    existing: Container[str],
+    session_ids: Sequence[str],
+    batch: Batch,
     settings: Settings,
     now: datetime,
 ) -> list[str]:
     """Publish curtailment profiles into the scheduler's tables, in bulk.
 
-    ``published`` holds ``(session_id, evse_id, rendered shape)``; ``existing`` the sessions
-    that have a published profile. The same rows as :func:`api.publish.publish_profiles`
-    writes (a ``profile_changes`` cursor per changed session, the replaced ``profiles`` row,
-    and with ``cpo_url`` an ``outbox`` item superseding older pending ones), written through
-    :mod:`api.bulk` (encoded once, handed to the driver's ``executemany`` or PostgreSQL
-    ``COPY``): for 16,000 sessions that is the difference between seconds and a fraction of
-    one. Cursors and outbox ids are reserved first, so no row is written twice (the outbox
-    payload holds its own id). ``run_id`` is the negative activation id. A session whose
-    profile would not change is left alone. Returns the changed session ids.
+    ``batch`` holds the profiles of ``session_ids`` (:func:`api.dr_batch.render_batch`). The
+    same rows as :func:`api.publish.publish_profiles` writes (a ``profile_changes`` cursor per
+    changed session, the replaced ``profiles`` row, and with ``cpo_url`` an ``outbox`` item
+    superseding older pending ones), written through :mod:`api.bulk` (encoded once, handed to
+    the driver's ``executemany`` or PostgreSQL ``COPY``): for 16,000 sessions that is the
+    difference between seconds and a fraction of one. Cursors and outbox ids are reserved
+    first, so no row is written twice (the outbox payload holds its own id). ``run_id`` is the
+    negative activation id. A session whose profile would not change is left alone. Returns
+    the changed session ids.
     """
-    rows = sorted((p for p in published if p[2].changed), key=lambda p: p[0])
-    changed = [sid for sid, _, _ in rows]
+    changed_mask = batch.changed.tolist()
+    picked = sorted((sid, k) for k, sid in enumerate(session_ids) if changed_mask[k])
+    changed = [sid for sid, _ in picked]
     if not changed:
         return []
     conn = db.connection()
@@ -787,26 +824,23 @@ def publish_curtailments(
         ("cursor", "session_id", "run_id", "created_at"),
         [(cur, sid, run_id, now) for cur, sid in zip(cursors, changed, strict=True)],
     )
-    profile_rows = []
-    for cur, (sid, evse, r) in zip(cursors, rows, strict=True):
-        pid = charging_profile_id(sid)
-        profile_rows.append(
-            (
-                sid,
-                cur,
-                run_id,
-                Encoded(r.limits_a_text),
-                Encoded(r.ocpi_text),
-                Encoded(r.ocpp16(evse, pid)),
-                Encoded(r.ocpp201(evse, pid, dumps(sid))),
-                now,
-            )
-        )
     insert_rows(
         conn,
         profiles,
         ("session_id", "cursor", "run_id", "limits_a", "ocpi", "ocpp16", "ocpp201", "updated_at"),
-        profile_rows,
+        [
+            (
+                sid,
+                cur,
+                run_id,
+                Encoded(batch.limits_a[k]),
+                Encoded(batch.ocpi[k]),
+                Encoded(batch.ocpp16[k]),
+                Encoded(batch.ocpp201[k]),
+                now,
+            )
+            for cur, (sid, k) in zip(cursors, picked, strict=True)
+        ],
         replace_on="session_id",
     )
     if settings.cpo_url:
@@ -846,7 +880,7 @@ def publish_curtailments(
                     cur,
                     # {"charging_profile": <OCPI>, "response_url": ".../results/<id>"}
                     Encoded(
-                        f'{{"charging_profile":{r.ocpi_text},"response_url":{results}{item_id}"}}'
+                        f'{{"charging_profile":{batch.ocpi[k]},"response_url":{results}{item_id}"}}'
                     ),
                     "pending",
                     0,
@@ -854,7 +888,7 @@ def publish_curtailments(
                     now,
                     now,
                 )
-                for item_id, cur, (sid, _evse, r) in zip(item_ids, cursors, rows, strict=True)
+                for item_id, cur, (sid, k) in zip(item_ids, cursors, picked, strict=True)
             ],
         )
     return changed
@@ -954,11 +988,13 @@ def run_activation(
     now: datetime,
     mode: str,
     actor: str,
-    t0: float,
+    spans: Spans,
 ) -> DrActivation:
     """The fast path inside the caller's transaction: activation, curtailments, profiles,
-    outbox and audit entry. The signal is marked relayed."""
+    outbox and audit entry. The signal is marked relayed. ``spans`` gets the time of each
+    step."""
     fleet = load_fleet(db, settings, now)
+    spans.mark("read_fleet")
     try:
         act = decide(fleet, settings, signal.end, signal.target_kw)
     except FastPathError as exc:
@@ -966,9 +1002,9 @@ def run_activation(
     chosen = np.flatnonzero(act.chosen)
     ids = [fleet.ids[k] for k in chosen]
     by_region: dict[str, float] = {}
-    for k in chosen.tolist():
+    for k, kw in zip(chosen.tolist(), act.release_kw[chosen].tolist(), strict=True):
         g = fleet.region[k] or ""
-        by_region[g] = by_region.get(g, 0.0) + float(act.release_kw[k])
+        by_region[g] = by_region.get(g, 0.0) + kw
     activation = DrActivation(
         signal_id=signal.id,
         started_at=now,
@@ -982,65 +1018,55 @@ def run_activation(
     )
     db.add(activation)
     db.flush()
-    # Sessions with the same published profile, restore time, minimum and phases get the same
-    # curtailment shape: it is computed and encoded once, each session only adds its ids.
+    spans.mark("decide")
     texts = published_ocpi_texts(db, ids)
-    decoded: dict[str, dict[str, Any]] = {}
-    shapes: dict[tuple[str | None, float, float, int], RenderedShape] = {}
+    spans.mark("read_profiles")
+    previous = decode_profiles([texts.get(sid) for sid in ids])
+    duration_s = act.duration_s[chosen].tolist()
     untils: dict[float, datetime] = {}
-    published: list[tuple[str, int, RenderedShape]] = []
-    curtailments: list[tuple[Any, ...]] = []
-    duration_s = act.duration_s.tolist()
-    n_phases = fleet.n_phases.astype(int).tolist()
-    min_a = fleet.min_a.tolist()
-    evse = fleet.evse.tolist()
-    i_now_a = fleet.i_now_a.tolist()
-    release_kw = act.release_kw.tolist()
-    kwh = fleet.kwh.tolist()
-    for k in chosen.tolist():
-        sid = fleet.ids[k]
-        d = float(duration_s[k])
-        until = untils.get(d) or untils.setdefault(d, now + timedelta(seconds=d))
-        prev_text = texts.get(sid)
-        key = (prev_text, d, min_a[k], n_phases[k])
-        r = shapes.get(key)
-        if r is None:
-            prev = None
-            if prev_text is not None:
-                prev = decoded.get(prev_text) or decoded.setdefault(prev_text, loads(prev_text))
-            parsed = None if prev is None else ocpi_segments(prev)
-            shape = curtailment_shape(
-                start=now, until=until, limit_a=min_a[k], previous=prev, parsed=parsed
-            )
-            r = shapes[key] = render_shape(shape, prev, n_phases[k], settings, parsed)
-        published.append((sid, evse[k], r))
-        curtailments.append(
-            (
-                activation.id,
-                sid,
-                fleet.region[k],
-                now,
-                until,
-                min_a[k],
-                i_now_a[k],
-                release_kw[k],
-                kwh[k],
-                r.planned_kwh,
-            )
-        )
-    if curtailments:
+    until = [untils.get(d) or untils.setdefault(d, now + timedelta(seconds=d)) for d in duration_s]
+    n_phases = fleet.n_phases[chosen].astype(np.int64)
+    evse = fleet.evse[chosen].tolist()
+    batch = render_batch(
+        start=now,
+        until_s=np.array([u.timestamp() for u in until], dtype=np.float64),
+        limit_a=fleet.min_a[chosen],
+        n_phases=n_phases,
+        evse_id=evse,
+        profile_id=[charging_profile_id(sid) for sid in ids],
+        session_ids=ids,
+        previous=previous,
+        voltage_v=settings.voltage_v,
+        step_s=settings.step_s,
+    )
+    spans.mark("render")
+    if ids:
         insert_rows(
             db.connection(),
             cast(Table, DrCurtailment.__table__),
             CURTAILMENT_COLUMNS,
-            curtailments,
+            zip(
+                repeat(activation.id),
+                ids,
+                [fleet.region[k] for k in chosen.tolist()],
+                repeat(now),
+                until,
+                fleet.min_a[chosen].tolist(),
+                fleet.i_now_a[chosen].tolist(),
+                act.release_kw[chosen].tolist(),
+                fleet.kwh[chosen].tolist(),
+                batch.planned_kwh,
+                strict=False,
+            ),
         )
-        publish_curtailments(db, -activation.id, published, texts, settings, now)
+        spans.mark("write_curtailments")
+        publish_curtailments(db, -activation.id, ids, batch, settings, now)
+        spans.mark("write_profiles_outbox")
     signal.status = "relayed"
     signal.decided_at = now
     signal.decided_by = actor
     signal.activation_id = activation.id
-    activation.time_s = round(time.perf_counter() - t0, 4)
+    activation.time_s = round(spans.total_s(), 4)
     audit(
         db,
         actor,
@@ -1056,6 +1082,7 @@ def run_activation(
             "restore_at": _iso(act.restore_at),
             "skipped": act.skipped(),
             "target_reached": act.target_reached,
+            "timings_ms": spans.ms,
         },
     )
     return activation
@@ -1091,7 +1118,7 @@ def receive_signal(
     DrError
         422 for a past ``end`` or a non-positive ``target_kw`` (nothing stored).
     """
-    t0 = time.perf_counter()
+    spans = Spans()
     now = (now or utcnow()).replace(microsecond=0)
     validate_signal(body, now)
     actor = actor_of(principal)
@@ -1122,17 +1149,20 @@ def receive_signal(
             },
         )
         refusal = auto_relay_refusal(db, settings, now)
+        spans.mark("store_signal")
         activation = None
         if refusal is None:
             signal.decision_reason = "auto-relay policy"
-            activation = run_activation(db, settings, signal, now, "auto", "policy", t0)
+            activation = run_activation(db, settings, signal, now, "auto", "policy", spans)
         else:
             signal.decision_reason = f"waiting for an operator: {refusal}"
         out = response_of(signal, activation)
     SIGNALS.labels("received").inc()
     if activation is not None:
-        elapsed = time.perf_counter() - t0
+        spans.mark("commit")
+        elapsed = spans.total_s()
         out["committed_s"] = round(elapsed, 4)
+        out["timings_ms"] = spans.ms
         _count(activation, elapsed)
     return out, activation is not None
 
@@ -1168,16 +1198,19 @@ def relay_signal(
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """An operator relays a pending signal: the activation starts now."""
-    t0 = time.perf_counter()
+    spans = Spans()
     now = (now or utcnow()).replace(microsecond=0)
     with transaction(factory) as db:
         _lock(db)
         signal = _pending(db, signal_id, now)
         signal.decision_reason = reason or "relayed by an operator"
-        activation = run_activation(db, settings, signal, now, "manual", actor_of(principal), t0)
+        spans.mark("store_signal")
+        activation = run_activation(db, settings, signal, now, "manual", actor_of(principal), spans)
         out = response_of(signal, activation)
-    elapsed = time.perf_counter() - t0
+    spans.mark("commit")
+    elapsed = spans.total_s()
     out["committed_s"] = round(elapsed, 4)
+    out["timings_ms"] = spans.ms
     _count(activation, elapsed)
     return out
 
