@@ -165,10 +165,14 @@ def reserve_ids(conn: Connection, table: Table, column: str, n: int) -> list[int
         return []
     name = conn.dialect.identifier_preparer.format_table(table)
     if conn.dialect.name == "postgresql":
+        # one row with an array, not n rows: the driver decodes it in one go
         values = conn.execute(
-            text("SELECT nextval(pg_get_serial_sequence(:t, :c)) FROM generate_series(1, :n)"),
+            text(
+                "SELECT array_agg(nextval(s.seq)) FROM generate_series(1, :n), "
+                "(SELECT pg_get_serial_sequence(:t, :c)::regclass AS seq) AS s"
+            ),
             {"t": table.name, "c": column, "n": n},
-        ).scalars()
+        ).scalar_one()
         return sorted(int(v) for v in values)
     col = conn.dialect.identifier_preparer.quote(column)
     top = conn.exec_driver_sql(f"SELECT coalesce(max({col}), 0) FROM {name}").scalar()

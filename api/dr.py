@@ -20,11 +20,13 @@ The rules are in ``docs/demand-response.md``. In short:
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
@@ -77,10 +79,12 @@ from api.settings import Settings
 from optimizer.fastpath import (
     DEFAULT_BUDGET_MIN,
     MAX_ACTIVATION_S,
+    MIN_DURATION_S,
     WINDOW_S,
     Activation,
     FastPathError,
     activate,
+    budget_ahead_s,
 )
 from optimizer.network import compile_network
 from optimizer.profiles import charging_profile_id
@@ -149,6 +153,35 @@ def _iso(t: datetime | None) -> str | None:
 def iso_z(t: datetime) -> str:
     """``t`` in UTC, ISO-8601 with ``Z``."""
     return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+_GC_LOCK = threading.Lock()
+_GC_HOLDERS = 0
+_GC_WAS_ENABLED = True
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Hold Python's cyclic garbage collector while the block runs (reference counting still
+    frees every object without cycles at once).
+
+    An activation allocates some 10^5 to 10^6 short-lived containers (decoded profiles, rows,
+    texts); every few hundred allocations the collector starts and traverses the young ones,
+    and now and then all of them, which costs as much as writing the rows. Nested and concurrent
+    holders are counted: the collector comes back when the last one leaves (if it was on)."""
+    global _GC_HOLDERS, _GC_WAS_ENABLED
+    with _GC_LOCK:
+        if _GC_HOLDERS == 0:
+            _GC_WAS_ENABLED = gc.isenabled()
+            gc.disable()
+        _GC_HOLDERS += 1
+    try:
+        yield
+    finally:
+        with _GC_LOCK:
+            _GC_HOLDERS -= 1
+            if _GC_HOLDERS == 0 and _GC_WAS_ENABLED:
+                gc.enable()
 
 
 class Spans:
@@ -357,73 +390,87 @@ def local_midnight(t: datetime, tz: str) -> datetime:
     return day.astimezone(UTC)
 
 
-def load_fleet(db: Session, settings: Settings, now: datetime) -> Fleet:
+def load_fleet(db: Session, settings: Settings, now: datetime, *, departures: bool = True) -> Fleet:
     """The plugged-in sessions on known connectors (the newest per connector), with their rules,
-    consent, the curtailment log of the last 4 hours and the curtailments of the local day."""
-    root, stations = _roots(db)
-    conns = {
-        cid: (st, int(pos), float(lim), int(ph))
-        for cid, st, pos, lim, ph in db.execute(
-            select(
-                Connector.id,
-                Connector.station_id,
-                Connector.position,
-                Connector.limit_a,
-                Connector.phases,
-            )
-        )
-    }
-    rows = db.execute(
+    consent, the curtailment log of the last 4 hours and the curtailments of the local day.
+
+    One set-based query reads the sessions with their connector, station and consent (the
+    newest session per connector picked by the database with a window function); its columns
+    go into numpy arrays. ``departures=False`` leaves ``Fleet.departure`` empty (the activation
+    does not need it)."""
+    root, _stations = _roots(db)
+    newest = (
         select(
-            ChargingSession.id,
-            ChargingSession.connector_id,
-            ChargingSession.current_a,
-            ChargingSession.phases,
-            ChargingSession.opt_out,
-            ChargingSession.kwh,
-            ChargingSession.energy_need_kwh,
-            ChargingSession.departure,
+            ChargingSession.id.label("sid"),
+            func.row_number()
+            .over(
+                partition_by=ChargingSession.connector_id,
+                order_by=(ChargingSession.start_date_time.desc(), ChargingSession.id.desc()),
+            )
+            .label("rank"),
         )
+        .join(Connector, Connector.id == ChargingSession.connector_id)
         .where(ChargingSession.status == "ACTIVE", ChargingSession.end_date_time.is_(None))
-        .order_by(ChargingSession.start_date_time, ChargingSession.id)
+        .subquery()
     )
-    newest: dict[str, tuple[Any, ...]] = {}
-    for r in rows:
-        if r[1] in conns:
-            newest[r[1]] = tuple(r)
-    chosen = sorted(newest.values(), key=lambda r: r[0])
-    ids = [r[0] for r in chosen]
-    n = len(ids)
-    st_of = [conns[r[1]][0] for r in chosen]
-    region = [root.get(stations[s][0]) if s in stations else None for s in st_of]
+    columns = [
+        ChargingSession.id,
+        Connector.position,
+        ChargingSession.current_a,
+        Station.min_current_a,
+        Connector.limit_a,
+        ChargingSession.phases,
+        Connector.phases,
+        ChargingSession.opt_out,
+        DrConsent.consent,
+        ChargingSession.kwh,
+        ChargingSession.energy_need_kwh,
+        Station.node,
+    ]
+    if departures:
+        columns.append(ChargingSession.departure)
+    rows: list[tuple[Any, ...]] = list(
+        db.execute(
+            select(*columns)
+            .join(newest, (newest.c.sid == ChargingSession.id) & (newest.c.rank == 1))
+            .join(Connector, Connector.id == ChargingSession.connector_id)
+            .outerjoin(Station, Station.id == Connector.station_id)
+            .outerjoin(DrConsent, DrConsent.session_id == ChargingSession.id)
+        )
+    )
+    rows.sort(key=lambda r: r[0])  # session id order, the same on every database
+    n = len(rows)
+    cols: list[Sequence[Any]] = list(zip(*rows, strict=True)) if rows else [()] * len(columns)
+    ids = list(cols[0])
+
+    def floats(k: int, missing: float) -> np.ndarray:
+        out = np.array(cols[k], dtype=float).reshape(n)  # None becomes NaN
+        return np.where(np.isnan(out), missing, out)
+
+    region: list[str | None] = [None if node is None else root.get(node) for node in cols[11]]
     rules = {r.region: r for r in db.scalars(select(DrContractRule))}
-    consented = set(db.scalars(select(DrConsent.session_id).where(DrConsent.consent.is_(True))))
+    consent_required: dict[str | None, bool] = {g: r.consent_required for g, r in rules.items()}
+    budget_min: dict[str | None, float] = {g: r.max_curtail_min_per_4h for g, r in rules.items()}
+    car_phases = np.where(np.array(cols[5], dtype=float).reshape(n) == 1, 1.0, 3.0)
     f = Fleet(
         now=now,
         ids=ids,
         region=region,
-        evse=np.array([conns[r[1]][1] for r in chosen], dtype=np.int64),
-        i_now_a=np.array([r[2] if r[2] is not None else 0.0 for r in chosen], dtype=float),
-        min_a=np.array([stations[s][1] if s in stations else 8.0 for s in st_of], dtype=float),
-        max_a=np.array([conns[r[1]][2] for r in chosen], dtype=float),
-        n_phases=np.array(
-            [min(1 if r[3] == 1 else 3, conns[r[1]][3]) for r in chosen], dtype=float
-        ),
-        opt_out=np.array([bool(r[4]) for r in chosen], dtype=bool),
+        evse=np.array(cols[1], dtype=np.int64).reshape(n),
+        i_now_a=floats(2, 0.0),
+        min_a=floats(3, 8.0),
+        max_a=floats(4, np.nan),
+        n_phases=np.minimum(car_phases, floats(6, 3.0)),
+        opt_out=np.array(cols[7], dtype=bool).reshape(n),
         consent_required=np.array(
-            [rules[g].consent_required if g in rules else False for g in region], dtype=bool
-        ),
-        consent=np.array([sid in consented for sid in ids], dtype=bool),
-        budget_s=np.array(
-            [
-                60.0 * (rules[g].max_curtail_min_per_4h if g in rules else DEFAULT_BUDGET_MIN)
-                for g in region
-            ],
-            dtype=float,
-        ),
-        kwh=np.array([float(r[5] or 0.0) for r in chosen], dtype=float),
-        need_kwh=np.array([np.nan if r[6] is None else float(r[6]) for r in chosen], dtype=float),
-        departure=[r[7] for r in chosen],
+            [consent_required.get(g, False) for g in region], dtype=bool
+        ).reshape(n),
+        consent=np.array([c is True or c == 1 for c in cols[8]], dtype=bool).reshape(n),
+        budget_s=60.0
+        * np.array([budget_min.get(g, DEFAULT_BUDGET_MIN) for g in region], dtype=float).reshape(n),
+        kwh=floats(9, 0.0),
+        need_kwh=floats(10, np.nan),
+        departure=list(cols[12]) if departures else [None] * n,
     )
     index = {sid: k for k, sid in enumerate(ids)}
     since = now - timedelta(seconds=WINDOW_S)
@@ -993,7 +1040,7 @@ def run_activation(
     """The fast path inside the caller's transaction: activation, curtailments, profiles,
     outbox and audit entry. The signal is marked relayed. ``spans`` gets the time of each
     step."""
-    fleet = load_fleet(db, settings, now)
+    fleet = load_fleet(db, settings, now, departures=False)
     spans.mark("read_fleet")
     try:
         act = decide(fleet, settings, signal.end, signal.target_kw)
@@ -1122,7 +1169,7 @@ def receive_signal(
     now = (now or utcnow()).replace(microsecond=0)
     validate_signal(body, now)
     actor = actor_of(principal)
-    with transaction(factory) as db:
+    with gc_paused(), transaction(factory) as db:
         _lock(db)
         signal = DrSignal(
             received_at=now,
@@ -1200,7 +1247,7 @@ def relay_signal(
     """An operator relays a pending signal: the activation starts now."""
     spans = Spans()
     now = (now or utcnow()).replace(microsecond=0)
-    with transaction(factory) as db:
+    with gc_paused(), transaction(factory) as db:
         _lock(db)
         signal = _pending(db, signal_id, now)
         signal.decision_reason = reason or "relayed by an operator"
@@ -1407,9 +1454,13 @@ def flexibility(db: Session, settings: Settings, now: datetime) -> dict[str, Any
     """Release-able power now per region and a 24 h forecast per 15-minute slot.
 
     Now: what an activation without target would release at ``now`` (eligibility, budgets and
-    all). Ahead, slot ``k`` starting at ``t_k``: ``Σ_s max(ℓ_s(t_k) − i_min,s, 0) · n_s · V/1000``
-    over sessions that are eligible by opt-out and consent and present at ``t_k`` (before their
-    departure), with ``ℓ_s`` the limit of the published profile at ``t_k`` (the schedule).
+    all). Ahead, slot ``k`` starting at ``t_k`` (``h_k`` long from ``τ_k = max(t_k, now)``):
+    ``Σ_s max(ℓ_s(t_k) − i_min,s, 0) · n_s · V/1000 · x_s,k / h_k`` over sessions that are
+    eligible by opt-out and consent and present at ``t_k`` (before their departure), with
+    ``ℓ_s`` the limit of the published profile at ``t_k`` (the schedule) and ``x_s,k`` the
+    curtailment its rolling 4-hour budget still allows from ``τ_k`` (the curtailment log as it
+    stands; :func:`optimizer.fastpath.budget_ahead_s`), 0 when less than a minute: the mean
+    power an activation at the slot's start would release over the slot.
     """
     now = now.replace(microsecond=0)
     fleet = load_fleet(db, settings, now)
@@ -1426,6 +1477,12 @@ def flexibility(db: Session, settings: Settings, now: datetime) -> dict[str, Any
     t_slot = start.timestamp() + slot_s * np.arange(slots)
     ahead = {g: np.zeros(slots) for g in regions}
     eligible = ~fleet.opt_out & ~(fleet.consent_required & ~fleet.consent)
+    at_s = np.maximum(t_slot - now.timestamp(), 0.0)
+    horizon_s = t_slot + slot_s - now.timestamp() - at_s
+    allowed_s = budget_ahead_s(
+        fleet.budget_s, fleet.log_session, fleet.log_start_s, fleet.log_end_s, at_s, horizon_s
+    )
+    share = np.where(allowed_s >= np.minimum(MIN_DURATION_S, horizon_s), allowed_s / horizon_s, 0.0)
     profiles = published_ocpi(db, fleet.ids)
     for k, sid in enumerate(fleet.ids):
         g = fleet.region[k]
@@ -1441,7 +1498,7 @@ def flexibility(db: Session, settings: Settings, now: datetime) -> dict[str, Any
         valid = (pos >= 0) & (t_slot < stop)
         lim = np.where(valid, limits[np.clip(pos, 0, None)], 0.0)
         kw = np.maximum(lim - fleet.min_a[k], 0.0) * fleet.n_phases[k] * settings.voltage_v / 1e3
-        ahead[g] += np.where(valid, kw, 0.0)
+        ahead[g] += np.where(valid, kw * share[k], 0.0)
     return {
         "at": _iso(now),
         "now_kw": {g: round(v, 3) for g, v in now_by_region.items()},
