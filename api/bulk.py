@@ -120,22 +120,21 @@ def insert_rows(
         if enc is not _identity:
             values = [v.text if isinstance(v, Encoded) else enc(v) for v in values]
         encoded_columns.append(values)
-    data = list(zip(*encoded_columns, strict=True))
-    if not data:
-        return 0
     cols_q = [conn.dialect.identifier_preparer.quote(c) for c in columns]
     cols = ", ".join(cols_q)
     name = conn.dialect.identifier_preparer.format_table(table)
     if conn.dialect.name == "postgresql":
         if replace_on is not None:
             k = list(columns).index(replace_on)
-            keys = [row[k] for row in data]
+            keys = encoded_columns[k]
             conn.execute(text(f"DELETE FROM {name} WHERE {cols_q[k]} = ANY(:keys)"), {"keys": keys})
         raw = conn.connection.driver_connection
         assert raw is not None
+        text_columns = [_copy_texts(values) for values in encoded_columns]
         with raw.cursor() as cur, cur.copy(f"COPY {name} ({cols}) FROM STDIN") as copy:
-            for row in data:
-                copy.write_row(row)
+            for k in range(0, len(rows), COPY_CHUNK_ROWS):
+                rows_text = zip(*(c[k : k + COPY_CHUNK_ROWS] for c in text_columns), strict=True)
+                copy.write("".join(["\t".join(r) + "\n" for r in rows_text]).encode())
     else:
         marks = ", ".join("?" if conn.dialect.paramstyle == "qmark" else "%s" for _ in columns)
         sql = f"INSERT INTO {name} ({cols}) VALUES ({marks})"
@@ -145,8 +144,53 @@ def insert_rows(
                 f"{quote(c)} = excluded.{quote(c)}" for c in columns if c != replace_on
             )
             sql += f" ON CONFLICT ({quote(replace_on)}) DO UPDATE SET {sets}"
-        conn.exec_driver_sql(sql, data)
-    return len(data)
+        conn.exec_driver_sql(sql, list(zip(*encoded_columns, strict=True)))
+    return len(rows)
+
+
+COPY_CHUNK_ROWS = 4096
+"""Rows per buffer handed to ``COPY`` (a few MB; the driver streams them)."""
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(value: Any) -> str:
+    """One field in ``COPY``'s text format: ``\\N`` for null, backslash, tab, newline and
+    carriage return escaped, booleans ``t``/``f``, floats that PostgreSQL reads back exactly."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, str):
+        if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+            return value.translate(_COPY_ESCAPES)
+        return value
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, float):
+        if value != value:
+            return "NaN"
+        if value in (float("inf"), float("-inf")):
+            return "Infinity" if value > 0 else "-Infinity"
+        return repr(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return _copy_text(str(value))
+
+
+def _copy_texts(values: list[Any]) -> list[str]:
+    """:func:`_copy_text` of a column; text that needs no escape (most of it) passes as is."""
+    out = []
+    for v in values:
+        if (
+            v.__class__ is str
+            and "\\" not in v
+            and "\t" not in v
+            and "\n" not in v
+            and "\r" not in v
+        ):
+            out.append(v)
+        else:
+            out.append(_copy_text(v))
+    return out
 
 
 class Encoded:

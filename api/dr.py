@@ -394,25 +394,10 @@ def load_fleet(db: Session, settings: Settings, now: datetime, *, departures: bo
     """The plugged-in sessions on known connectors (the newest per connector), with their rules,
     consent, the curtailment log of the last 4 hours and the curtailments of the local day.
 
-    One set-based query reads the sessions with their connector, station and consent (the
-    newest session per connector picked by the database with a window function); its columns
-    go into numpy arrays. ``departures=False`` leaves ``Fleet.departure`` empty (the activation
-    does not need it)."""
+    One set-based query reads the sessions with their connector, station and consent; its
+    columns go into numpy arrays. ``departures=False`` leaves ``Fleet.departure`` empty (the
+    activation does not need it)."""
     root, _stations = _roots(db)
-    newest = (
-        select(
-            ChargingSession.id.label("sid"),
-            func.row_number()
-            .over(
-                partition_by=ChargingSession.connector_id,
-                order_by=(ChargingSession.start_date_time.desc(), ChargingSession.id.desc()),
-            )
-            .label("rank"),
-        )
-        .join(Connector, Connector.id == ChargingSession.connector_id)
-        .where(ChargingSession.status == "ACTIVE", ChargingSession.end_date_time.is_(None))
-        .subquery()
-    )
     columns = [
         ChargingSession.id,
         Connector.position,
@@ -426,18 +411,19 @@ def load_fleet(db: Session, settings: Settings, now: datetime, *, departures: bo
         ChargingSession.kwh,
         ChargingSession.energy_need_kwh,
         Station.node,
+        ChargingSession.departure if departures else ChargingSession.id,
+        ChargingSession.connector_id,
     ]
-    if departures:
-        columns.append(ChargingSession.departure)
-    rows: list[tuple[Any, ...]] = list(
-        db.execute(
-            select(*columns)
-            .join(newest, (newest.c.sid == ChargingSession.id) & (newest.c.rank == 1))
-            .join(Connector, Connector.id == ChargingSession.connector_id)
-            .outerjoin(Station, Station.id == Connector.station_id)
-            .outerjoin(DrConsent, DrConsent.session_id == ChargingSession.id)
-        )
+    result = db.connection().execute(
+        select(*columns)
+        .join(Connector, Connector.id == ChargingSession.connector_id)
+        .outerjoin(Station, Station.id == Connector.station_id)
+        .outerjoin(DrConsent, DrConsent.session_id == ChargingSession.id)
+        .where(ChargingSession.status == "ACTIVE", ChargingSession.end_date_time.is_(None))
+        .order_by(ChargingSession.start_date_time, ChargingSession.id)
     )
+    newest = {r[13]: r for r in result.all()}  # the newest session per connector: the last
+    rows: list[tuple[Any, ...]] = list(newest.values())
     rows.sort(key=lambda r: r[0])  # session id order, the same on every database
     n = len(rows)
     cols: list[Sequence[Any]] = list(zip(*rows, strict=True)) if rows else [()] * len(columns)

@@ -126,6 +126,48 @@ def test_bulk_rows_read_back_like_orm_rows(bulk_factory: sessionmaker[Session]) 
         assert n_held == 1
 
 
+def test_bulk_text_with_copy_escapes_reads_back_unchanged(
+    bulk_factory: sessionmaker[Session],
+) -> None:
+    """Tabs, newlines, carriage returns and backslashes (COPY's escapes on PostgreSQL), a
+    backslash-dot line, nulls and infinite floats come back as written."""
+    outbox = cast(Table, OutboxItem.__table__)
+    curtail = cast(Table, DrCurtailment.__table__)
+    weird = ["t\tab", "new\nline", "cr\r", "back\\slash", "\\.", "\\N", "é\t\\n"]
+    payload = {"text": "a\tb\nc\\d", "list": weird}
+    with transaction(bulk_factory) as db:
+        conn = db.connection()
+        ids = reserve_ids(conn, outbox, "id", len(weird))
+        insert_rows(
+            conn,
+            outbox,
+            OUTBOX_COLUMNS,
+            [
+                (i, sid, k, payload, "pending", 0, T0, T0, T0)
+                for k, (i, sid) in enumerate(zip(ids, weird, strict=True))
+            ],
+        )
+        insert_rows(
+            conn,
+            curtail,
+            dr.CURTAILMENT_COLUMNS,
+            [
+                (1, "inf", "r\\1", T0, T0, 8.0, 16.0, 1e-7, float("inf"), None),
+                (1, "big", None, T0, T0, 8.0, 0.1 + 0.2, -0.0, 1e300, 3.0),
+            ],
+        )
+    with bulk_factory() as db:
+        items = {i.session_id: i for i in db.scalars(select(OutboxItem))}
+        assert sorted(items) == sorted(weird)
+        assert all(i.payload == payload for i in items.values())
+        rows = {c.session_id: c for c in db.scalars(select(DrCurtailment))}
+    inf, big = rows["inf"], rows["big"]
+    assert inf.region == "r\\1" and inf.current_before_a == 16.0
+    assert inf.released_kw == 1e-7 and inf.kwh_at_signal == float("inf")
+    assert inf.planned_kwh is None and big.region is None
+    assert big.current_before_a == 0.1 + 0.2 and big.kwh_at_signal == 1e300
+
+
 def test_replace_on_replaces_rows_and_inserts_new_ones(
     bulk_factory: sessionmaker[Session],
 ) -> None:
