@@ -16,6 +16,7 @@ itself would assign; the write transaction holds the database's only write lock 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
@@ -176,20 +177,38 @@ def _copy_text(value: Any) -> str:
     return _copy_text(str(value))
 
 
+_FLOAT_WORDS = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
 def _copy_texts(values: list[Any]) -> list[str]:
-    """:func:`_copy_text` of a column; text that needs no escape (most of it) passes as is."""
+    """:func:`_copy_text` of a column, with fast paths for columns of one plain type (text that
+    needs no escape, the most of it, passes as is; equal datetimes are formatted once)."""
+    kinds = {v.__class__ for v in values}
+    if kinds == {str}:
+        return [
+            v
+            if "\\" not in v and "\t" not in v and "\n" not in v and "\r" not in v
+            else _copy_text(v)
+            for v in values
+        ]
+    if kinds == {float}:
+        texts = [repr(v) for v in values]
+        return [_FLOAT_WORDS.get(t, t) for t in texts]
+    if kinds == {int}:
+        return [str(v) for v in values]
+    cache: dict[Any, str] = {}
     out = []
     for v in values:
-        if (
-            v.__class__ is str
-            and "\\" not in v
-            and "\t" not in v
-            and "\n" not in v
-            and "\r" not in v
-        ):
-            out.append(v)
-        else:
-            out.append(_copy_text(v))
+        try:
+            t = cache.get(v)
+        except TypeError:  # unhashable: not cached
+            t = None
+        if t is None:
+            t = _copy_text(v)
+            if v.__class__ is not str:
+                with contextlib.suppress(TypeError):
+                    cache[v] = t
+        out.append(t)
     return out
 
 

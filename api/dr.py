@@ -460,26 +460,43 @@ def load_fleet(db: Session, settings: Settings, now: datetime, *, departures: bo
     )
     index = {sid: k for k, sid in enumerate(ids)}
     since = now - timedelta(seconds=WINDOW_S)
-    logged = db.execute(
-        select(DrCurtailment.session_id, DrCurtailment.start, DrCurtailment.until).where(
-            DrCurtailment.until > since, DrCurtailment.start <= now
+    logged = (
+        db.connection()
+        .execute(
+            select(DrCurtailment.session_id, DrCurtailment.start, DrCurtailment.until).where(
+                DrCurtailment.until > since, DrCurtailment.start <= now
+            )
         )
+        .all()
     )
+    rel: dict[datetime, float] = {}  # one activation's rows share their times
+
+    def seconds(t: datetime) -> float:
+        x = rel.get(t)
+        if x is None:
+            x = rel[t] = (t - now).total_seconds()
+        return x
+
     ls, la, lb = [], [], []
     for sid, a, b in logged:
-        if sid in index:
-            ls.append(index[sid])
-            la.append((a - now).total_seconds())
-            lb.append((b - now).total_seconds())
+        k = index.get(sid)
+        if k is not None:
+            ls.append(k)
+            la.append(seconds(a))
+            lb.append(seconds(b))
     f.log_session = np.array(ls, dtype=np.int64)
     f.log_start_s = np.array(la, dtype=float)
     f.log_end_s = np.array(lb, dtype=float)
     counts = np.zeros(n, dtype=np.int64)
     midnight = local_midnight(now, settings.timezone)
-    for sid, c in db.execute(
-        select(DrCurtailment.session_id, func.count())
-        .where(DrCurtailment.start >= midnight, DrCurtailment.start <= now)
-        .group_by(DrCurtailment.session_id)
+    for sid, c in (
+        db.connection()
+        .execute(
+            select(DrCurtailment.session_id, func.count())
+            .where(DrCurtailment.start >= midnight, DrCurtailment.start <= now)
+            .group_by(DrCurtailment.session_id)
+        )
+        .all()
     ):
         if sid in index:
             counts[index[sid]] = int(c)
