@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -114,13 +114,43 @@ def insert_rows(
     rows = list(rows)
     if not rows:
         return 0
-    encoded_columns = []
-    for k, name in enumerate(columns):
+    return insert_columns(
+        conn,
+        table,
+        {name: [row[k] for row in rows] for k, name in enumerate(columns)},
+        replace_on=replace_on,
+    )
+
+
+def insert_columns(
+    conn: Connection,
+    table: Table,
+    data: Mapping[str, Sequence[Any]],
+    *,
+    json_text: Container[str] = (),
+    replace_on: str | None = None,
+) -> int:
+    """:func:`insert_rows` given column by column (``data``: column name → one value per row,
+    all of the same length); returns the count. The JSON columns named in ``json_text`` take
+    text already encoded with :func:`dumps` (no per-value wrapper)."""
+    columns = list(data)
+    lengths = {len(v) for v in data.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"columns of different lengths: {sorted(lengths)}")
+    n = lengths.pop() if lengths else 0
+    if n == 0:
+        return 0
+    encoded_columns: list[list[Any]] = []
+    for name in columns:
+        values = list(data[name])
         enc = _encoder(conn, table, name)
-        values = [row[k] for row in rows]
-        if enc is not _identity:
+        if name in json_text:
+            if not isinstance(table.c[name].type, JSON):
+                raise ValueError(f"{name}: json_text names a column that is not JSON")
+        elif enc is not _identity:
             values = [v.text if isinstance(v, Encoded) else enc(v) for v in values]
         encoded_columns.append(values)
+    rows = range(n)
     cols_q = [conn.dialect.identifier_preparer.quote(c) for c in columns]
     cols = ", ".join(cols_q)
     name = conn.dialect.identifier_preparer.format_table(table)

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
 from functools import lru_cache
-from itertools import repeat
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
@@ -42,7 +41,7 @@ from sqlalchemy import ARRAY, String, Table, Text, any_, bindparam, func, select
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.bulk import Encoded, dumps, insert_rows, loads, reserve_ids
+from api.bulk import dumps, insert_columns, insert_rows, loads, reserve_ids
 from api.db import transaction, utcnow
 from api.dr_batch import Batch, render_batch
 from api.live import build_live_scenario, held_sessions
@@ -874,23 +873,21 @@ def publish_curtailments(
         ("cursor", "session_id", "run_id", "created_at"),
         [(cur, sid, run_id, now) for cur, sid in zip(cursors, changed, strict=True)],
     )
-    insert_rows(
+    rows = [k for _, k in picked]
+    insert_columns(
         conn,
         profiles,
-        ("session_id", "cursor", "run_id", "limits_a", "ocpi", "ocpp16", "ocpp201", "updated_at"),
-        [
-            (
-                sid,
-                cur,
-                run_id,
-                Encoded(batch.limits_a[k]),
-                Encoded(batch.ocpi[k]),
-                Encoded(batch.ocpp16[k]),
-                Encoded(batch.ocpp201[k]),
-                now,
-            )
-            for cur, (sid, k) in zip(cursors, picked, strict=True)
-        ],
+        {
+            "session_id": changed,
+            "cursor": cursors,
+            "run_id": [run_id] * len(rows),
+            "limits_a": [batch.limits_a[k] for k in rows],
+            "ocpi": [batch.ocpi[k] for k in rows],
+            "ocpp16": [batch.ocpp16[k] for k in rows],
+            "ocpp201": [batch.ocpp201[k] for k in rows],
+            "updated_at": [now] * len(rows),
+        },
+        json_text=("limits_a", "ocpi", "ocpp16", "ocpp201"),
         replace_on="session_id",
     )
     if settings.cpo_url:
@@ -909,37 +906,25 @@ def publish_curtailments(
                 )
         item_ids = reserve_ids(conn, outbox, "id", len(changed))
         results = dumps(settings.public_url.rstrip("/") + "/v1/profiles/results/")[:-1]
-        insert_rows(
+        insert_columns(
             conn,
             outbox,
-            (
-                "id",
-                "session_id",
-                "cursor",
-                "payload",
-                "status",
-                "attempts",
-                "next_attempt_at",
-                "created_at",
-                "updated_at",
-            ),
-            [
-                (
-                    item_id,
-                    sid,
-                    cur,
-                    # {"charging_profile": <OCPI>, "response_url": ".../results/<id>"}
-                    Encoded(
-                        f'{{"charging_profile":{batch.ocpi[k]},"response_url":{results}{item_id}"}}'
-                    ),
-                    "pending",
-                    0,
-                    now,
-                    now,
-                    now,
-                )
-                for item_id, cur, (sid, k) in zip(item_ids, cursors, picked, strict=True)
-            ],
+            {
+                "id": item_ids,
+                "session_id": changed,
+                "cursor": cursors,
+                # {"charging_profile": <OCPI>, "response_url": ".../results/<id>"}
+                "payload": [
+                    f'{{"charging_profile":{batch.ocpi[k]},"response_url":{results}{item_id}"}}'
+                    for item_id, k in zip(item_ids, rows, strict=True)
+                ],
+                "status": ["pending"] * len(rows),
+                "attempts": [0] * len(rows),
+                "next_attempt_at": [now] * len(rows),
+                "created_at": [now] * len(rows),
+                "updated_at": [now] * len(rows),
+            },
+            json_text=("payload",),
         )
     return changed
 
@@ -1091,24 +1076,21 @@ def run_activation(
     )
     spans.mark("render")
     if ids:
-        insert_rows(
-            db.connection(),
-            cast(Table, DrCurtailment.__table__),
-            CURTAILMENT_COLUMNS,
-            zip(
-                repeat(activation.id),
-                ids,
-                [fleet.region[k] for k in chosen.tolist()],
-                repeat(now),
-                until,
-                fleet.min_a[chosen].tolist(),
-                fleet.i_now_a[chosen].tolist(),
-                act.release_kw[chosen].tolist(),
-                fleet.kwh[chosen].tolist(),
-                batch.planned_kwh,
-                strict=False,
-            ),
-        )
+        m = len(ids)
+        columns: dict[str, Sequence[Any]] = {
+            "activation_id": [activation.id] * m,
+            "session_id": ids,
+            "region": [fleet.region[k] for k in chosen.tolist()],
+            "start": [now] * m,
+            "until": until,
+            "limit_a": fleet.min_a[chosen].tolist(),
+            "current_before_a": fleet.i_now_a[chosen].tolist(),
+            "released_kw": act.release_kw[chosen].tolist(),
+            "kwh_at_signal": fleet.kwh[chosen].tolist(),
+            "planned_kwh": batch.planned_kwh,
+        }
+        assert tuple(columns) == CURTAILMENT_COLUMNS
+        insert_columns(db.connection(), cast(Table, DrCurtailment.__table__), columns)
         spans.mark("write_curtailments")
         publish_curtailments(db, -activation.id, ids, batch, settings, now)
         spans.mark("write_profiles_outbox")
