@@ -361,8 +361,8 @@ class Fleet:
         return len(self.ids)
 
 
-def _roots(db: Session) -> tuple[dict[str, str], dict[str, tuple[str, float]]]:
-    """Region (root node) of every node, and ``(node, min_current_a)`` of every station."""
+def _roots(db: Session) -> dict[str, str]:
+    """Region (root node) of every node."""
     parent = dict(db.execute(select(TopologyNode.id, TopologyNode.parent)).all())
     root: dict[str, str] = {}
     for nid in parent:
@@ -376,11 +376,7 @@ def _roots(db: Session) -> tuple[dict[str, str], dict[str, tuple[str, float]]]:
         top = root.get(up, up) if up is not None and up in parent else chain[-1]
         for c in chain:
             root[c] = top
-    stations = {
-        sid: (node, float(m))
-        for sid, node, m in db.execute(select(Station.id, Station.node, Station.min_current_a))
-    }
-    return root, stations
+    return root
 
 
 def local_midnight(t: datetime, tz: str) -> datetime:
@@ -396,7 +392,7 @@ def load_fleet(db: Session, settings: Settings, now: datetime, *, departures: bo
     One set-based query reads the sessions with their connector, station and consent; its
     columns go into numpy arrays. ``departures=False`` leaves ``Fleet.departure`` empty (the
     activation does not need it)."""
-    root, _stations = _roots(db)
+    root = _roots(db)
     columns = [
         ChargingSession.id,
         Connector.position,
