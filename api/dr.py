@@ -1073,19 +1073,19 @@ def run_activation(
     spans.mark("render")
     if ids:
         m = len(ids)
-        columns: dict[str, Sequence[Any]] = {
-            "activation_id": [activation.id] * m,
-            "session_id": ids,
-            "region": [fleet.region[k] for k in chosen.tolist()],
-            "start": [now] * m,
-            "until": until,
-            "limit_a": fleet.min_a[chosen].tolist(),
-            "current_before_a": fleet.i_now_a[chosen].tolist(),
-            "released_kw": act.release_kw[chosen].tolist(),
-            "kwh_at_signal": fleet.kwh[chosen].tolist(),
-            "planned_kwh": batch.planned_kwh,
-        }
-        assert tuple(columns) == CURTAILMENT_COLUMNS
+        values: list[Sequence[Any]] = [  # in the order of CURTAILMENT_COLUMNS
+            [activation.id] * m,
+            ids,
+            [fleet.region[k] for k in chosen.tolist()],
+            [now] * m,
+            until,
+            fleet.min_a[chosen].tolist(),
+            fleet.i_now_a[chosen].tolist(),
+            act.release_kw[chosen].tolist(),
+            fleet.kwh[chosen].tolist(),
+            batch.planned_kwh,
+        ]
+        columns = dict(zip(CURTAILMENT_COLUMNS, values, strict=True))
         insert_columns(db.connection(), cast(Table, DrCurtailment.__table__), columns)
         spans.mark("write_curtailments")
         publish_curtailments(db, -activation.id, ids, batch, settings, now)
