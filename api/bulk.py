@@ -16,8 +16,9 @@ itself would assign; the write transaction holds the database's only write lock 
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -113,29 +114,58 @@ def insert_rows(
     rows = list(rows)
     if not rows:
         return 0
-    encoded_columns = []
-    for k, name in enumerate(columns):
+    return insert_columns(
+        conn,
+        table,
+        {name: [row[k] for row in rows] for k, name in enumerate(columns)},
+        replace_on=replace_on,
+    )
+
+
+def insert_columns(
+    conn: Connection,
+    table: Table,
+    data: Mapping[str, Sequence[Any]],
+    *,
+    json_text: Container[str] = (),
+    replace_on: str | None = None,
+) -> int:
+    """:func:`insert_rows` given column by column (``data``: column name → one value per row,
+    all of the same length); returns the count. The JSON columns named in ``json_text`` take
+    text already encoded with :func:`dumps` (no per-value wrapper)."""
+    columns = list(data)
+    lengths = {len(v) for v in data.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"columns of different lengths: {sorted(lengths)}")
+    n = lengths.pop() if lengths else 0
+    if n == 0:
+        return 0
+    encoded_columns: list[list[Any]] = []
+    for name in columns:
+        values = list(data[name])
         enc = _encoder(conn, table, name)
-        values = [row[k] for row in rows]
-        if enc is not _identity:
+        if name in json_text:
+            if not isinstance(table.c[name].type, JSON):
+                raise ValueError(f"{name}: json_text names a column that is not JSON")
+        elif enc is not _identity:
             values = [v.text if isinstance(v, Encoded) else enc(v) for v in values]
         encoded_columns.append(values)
-    data = list(zip(*encoded_columns, strict=True))
-    if not data:
-        return 0
+    rows = range(n)
     cols_q = [conn.dialect.identifier_preparer.quote(c) for c in columns]
     cols = ", ".join(cols_q)
     name = conn.dialect.identifier_preparer.format_table(table)
     if conn.dialect.name == "postgresql":
         if replace_on is not None:
             k = list(columns).index(replace_on)
-            keys = [row[k] for row in data]
+            keys = encoded_columns[k]
             conn.execute(text(f"DELETE FROM {name} WHERE {cols_q[k]} = ANY(:keys)"), {"keys": keys})
         raw = conn.connection.driver_connection
         assert raw is not None
+        text_columns = [_copy_texts(values) for values in encoded_columns]
         with raw.cursor() as cur, cur.copy(f"COPY {name} ({cols}) FROM STDIN") as copy:
-            for row in data:
-                copy.write_row(row)
+            for k in range(0, len(rows), COPY_CHUNK_ROWS):
+                rows_text = zip(*(c[k : k + COPY_CHUNK_ROWS] for c in text_columns), strict=True)
+                copy.write("".join(["\t".join(r) + "\n" for r in rows_text]).encode())
     else:
         marks = ", ".join("?" if conn.dialect.paramstyle == "qmark" else "%s" for _ in columns)
         sql = f"INSERT INTO {name} ({cols}) VALUES ({marks})"
@@ -145,8 +175,71 @@ def insert_rows(
                 f"{quote(c)} = excluded.{quote(c)}" for c in columns if c != replace_on
             )
             sql += f" ON CONFLICT ({quote(replace_on)}) DO UPDATE SET {sets}"
-        conn.exec_driver_sql(sql, data)
-    return len(data)
+        conn.exec_driver_sql(sql, list(zip(*encoded_columns, strict=True)))
+    return len(rows)
+
+
+COPY_CHUNK_ROWS = 4096
+"""Rows per buffer handed to ``COPY`` (a few MB; the driver streams them)."""
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(value: Any) -> str:
+    """One field in ``COPY``'s text format: ``\\N`` for null, backslash, tab, newline and
+    carriage return escaped, booleans ``t``/``f``, floats that PostgreSQL reads back exactly."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, str):
+        if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+            return value.translate(_COPY_ESCAPES)
+        return value
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, float):
+        if value != value:
+            return "NaN"
+        if value in (float("inf"), float("-inf")):
+            return "Infinity" if value > 0 else "-Infinity"
+        return repr(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return _copy_text(str(value))
+
+
+_FLOAT_WORDS = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def _copy_texts(values: list[Any]) -> list[str]:
+    """:func:`_copy_text` of a column, with fast paths for columns of one plain type (text that
+    needs no escape, the most of it, passes as is; equal datetimes are formatted once)."""
+    kinds = {v.__class__ for v in values}
+    if kinds == {str}:
+        return [
+            v
+            if "\\" not in v and "\t" not in v and "\n" not in v and "\r" not in v
+            else _copy_text(v)
+            for v in values
+        ]
+    if kinds == {float}:
+        texts = [repr(v) for v in values]
+        return [_FLOAT_WORDS.get(t, t) for t in texts]
+    if kinds == {int}:
+        return [str(v) for v in values]
+    cache: dict[Any, str] = {}
+    out = []
+    for v in values:
+        try:
+            t = cache.get(v)
+        except TypeError:  # unhashable: not cached
+            t = None
+        if t is None:
+            t = _copy_text(v)
+            if v.__class__ is not str:
+                with contextlib.suppress(TypeError):
+                    cache[v] = t
+        out.append(t)
+    return out
 
 
 class Encoded:
@@ -165,10 +258,14 @@ def reserve_ids(conn: Connection, table: Table, column: str, n: int) -> list[int
         return []
     name = conn.dialect.identifier_preparer.format_table(table)
     if conn.dialect.name == "postgresql":
+        # one row with an array, not n rows: the driver decodes it in one go
         values = conn.execute(
-            text("SELECT nextval(pg_get_serial_sequence(:t, :c)) FROM generate_series(1, :n)"),
+            text(
+                "SELECT array_agg(nextval(s.seq)) FROM generate_series(1, :n), "
+                "(SELECT pg_get_serial_sequence(:t, :c)::regclass AS seq) AS s"
+            ),
             {"t": table.name, "c": column, "n": n},
-        ).scalars()
+        ).scalar_one()
         return sorted(int(v) for v in values)
     col = conn.dialect.identifier_preparer.quote(column)
     top = conn.exec_driver_sql(f"SELECT coalesce(max({col}), 0) FROM {name}").scalar()

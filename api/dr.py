@@ -20,11 +20,13 @@ The rules are in ``docs/demand-response.md``. In short:
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
 from bisect import bisect_right
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
@@ -33,13 +35,15 @@ from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import numpy as np
+import orjson
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import ARRAY, String, Table, Text, any_, bindparam, func, select, update
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.bulk import Encoded, dumps, insert_rows, loads, reserve_ids
+from api.bulk import dumps, insert_columns, insert_rows, loads, reserve_ids
 from api.db import transaction, utcnow
+from api.dr_batch import Batch, render_batch
 from api.live import build_live_scenario, held_sessions
 from api.metrics import REGISTRY
 from api.models import (
@@ -74,10 +78,12 @@ from api.settings import Settings
 from optimizer.fastpath import (
     DEFAULT_BUDGET_MIN,
     MAX_ACTIVATION_S,
+    MIN_DURATION_S,
     WINDOW_S,
     Activation,
     FastPathError,
     activate,
+    budget_ahead_s,
 )
 from optimizer.network import compile_network
 from optimizer.profiles import charging_profile_id
@@ -146,6 +152,54 @@ def _iso(t: datetime | None) -> str | None:
 def iso_z(t: datetime) -> str:
     """``t`` in UTC, ISO-8601 with ``Z``."""
     return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+_GC_LOCK = threading.Lock()
+_GC_HOLDERS = 0
+_GC_WAS_ENABLED = True
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Hold Python's cyclic garbage collector while the block runs (reference counting still
+    frees every object without cycles at once).
+
+    An activation allocates some 10^5 to 10^6 short-lived containers (decoded profiles, rows,
+    texts); every few hundred allocations the collector starts and traverses the young ones,
+    and now and then all of them, which costs as much as writing the rows. Nested and concurrent
+    holders are counted: the collector comes back when the last one leaves (if it was on)."""
+    global _GC_HOLDERS, _GC_WAS_ENABLED
+    with _GC_LOCK:
+        if _GC_HOLDERS == 0:
+            _GC_WAS_ENABLED = gc.isenabled()
+            gc.disable()
+        _GC_HOLDERS += 1
+    try:
+        yield
+    finally:
+        with _GC_LOCK:
+            _GC_HOLDERS -= 1
+            if _GC_HOLDERS == 0 and _GC_WAS_ENABLED:
+                gc.enable()
+
+
+class Spans:
+    """Wall time of the steps of one request [ms], in the order they ran (the response and the
+    audit entry carry them, so a slow activation says where its time went)."""
+
+    def __init__(self, t0: float | None = None) -> None:
+        self.t0 = self.t = time.perf_counter() if t0 is None else t0
+        self.ms: dict[str, float] = {}
+
+    def total_s(self) -> float:
+        """Seconds since the start [s]."""
+        return time.perf_counter() - self.t0
+
+    def mark(self, step: str) -> None:
+        """End ``step`` now (it began at the previous mark)."""
+        t = time.perf_counter()
+        self.ms[step] = round(self.ms.get(step, 0.0) + (t - self.t) * 1e3, 2)
+        self.t = t
 
 
 def audit(
@@ -307,8 +361,8 @@ class Fleet:
         return len(self.ids)
 
 
-def _roots(db: Session) -> tuple[dict[str, str], dict[str, tuple[str, float]]]:
-    """Region (root node) of every node, and ``(node, min_current_a)`` of every station."""
+def _roots(db: Session) -> dict[str, str]:
+    """Region (root node) of every node."""
     parent = dict(db.execute(select(TopologyNode.id, TopologyNode.parent)).all())
     root: dict[str, str] = {}
     for nid in parent:
@@ -322,11 +376,7 @@ def _roots(db: Session) -> tuple[dict[str, str], dict[str, tuple[str, float]]]:
         top = root.get(up, up) if up is not None and up in parent else chain[-1]
         for c in chain:
             root[c] = top
-    stations = {
-        sid: (node, float(m))
-        for sid, node, m in db.execute(select(Station.id, Station.node, Station.min_current_a))
-    }
-    return root, stations
+    return root
 
 
 def local_midnight(t: datetime, tz: str) -> datetime:
@@ -335,96 +385,113 @@ def local_midnight(t: datetime, tz: str) -> datetime:
     return day.astimezone(UTC)
 
 
-def load_fleet(db: Session, settings: Settings, now: datetime) -> Fleet:
+def load_fleet(db: Session, settings: Settings, now: datetime, *, departures: bool = True) -> Fleet:
     """The plugged-in sessions on known connectors (the newest per connector), with their rules,
-    consent, the curtailment log of the last 4 hours and the curtailments of the local day."""
-    root, stations = _roots(db)
-    conns = {
-        cid: (st, int(pos), float(lim), int(ph))
-        for cid, st, pos, lim, ph in db.execute(
-            select(
-                Connector.id,
-                Connector.station_id,
-                Connector.position,
-                Connector.limit_a,
-                Connector.phases,
-            )
-        )
-    }
-    rows = db.execute(
-        select(
-            ChargingSession.id,
-            ChargingSession.connector_id,
-            ChargingSession.current_a,
-            ChargingSession.phases,
-            ChargingSession.opt_out,
-            ChargingSession.kwh,
-            ChargingSession.energy_need_kwh,
-            ChargingSession.departure,
-        )
+    consent, the curtailment log of the last 4 hours and the curtailments of the local day.
+
+    One set-based query reads the sessions with their connector, station and consent; its
+    columns go into numpy arrays. ``departures=False`` leaves ``Fleet.departure`` empty (the
+    activation does not need it)."""
+    root = _roots(db)
+    columns = [
+        ChargingSession.id,
+        Connector.position,
+        ChargingSession.current_a,
+        Station.min_current_a,
+        Connector.limit_a,
+        ChargingSession.phases,
+        Connector.phases,
+        ChargingSession.opt_out,
+        DrConsent.consent,
+        ChargingSession.kwh,
+        ChargingSession.energy_need_kwh,
+        Station.node,
+        ChargingSession.departure if departures else ChargingSession.id,
+        ChargingSession.connector_id,
+    ]
+    result = db.connection().execute(
+        select(*columns)
+        .join(Connector, Connector.id == ChargingSession.connector_id)
+        .outerjoin(Station, Station.id == Connector.station_id)
+        .outerjoin(DrConsent, DrConsent.session_id == ChargingSession.id)
         .where(ChargingSession.status == "ACTIVE", ChargingSession.end_date_time.is_(None))
         .order_by(ChargingSession.start_date_time, ChargingSession.id)
     )
-    newest: dict[str, tuple[Any, ...]] = {}
-    for r in rows:
-        if r[1] in conns:
-            newest[r[1]] = tuple(r)
-    chosen = sorted(newest.values(), key=lambda r: r[0])
-    ids = [r[0] for r in chosen]
-    n = len(ids)
-    st_of = [conns[r[1]][0] for r in chosen]
-    region = [root.get(stations[s][0]) if s in stations else None for s in st_of]
+    newest = {r[13]: r for r in result.all()}  # the newest session per connector: the last
+    rows: list[tuple[Any, ...]] = list(newest.values())
+    rows.sort(key=lambda r: r[0])  # session id order, the same on every database
+    n = len(rows)
+    cols: list[Sequence[Any]] = list(zip(*rows, strict=True)) if rows else [()] * len(columns)
+    ids = list(cols[0])
+
+    def floats(k: int, missing: float) -> np.ndarray:
+        out = np.array(cols[k], dtype=float).reshape(n)  # None becomes NaN
+        return np.where(np.isnan(out), missing, out)
+
+    region: list[str | None] = [None if node is None else root.get(node) for node in cols[11]]
     rules = {r.region: r for r in db.scalars(select(DrContractRule))}
-    consented = set(db.scalars(select(DrConsent.session_id).where(DrConsent.consent.is_(True))))
+    consent_required: dict[str | None, bool] = {g: r.consent_required for g, r in rules.items()}
+    budget_min: dict[str | None, float] = {g: r.max_curtail_min_per_4h for g, r in rules.items()}
+    car_phases = np.where(np.array(cols[5], dtype=float).reshape(n) == 1, 1.0, 3.0)
     f = Fleet(
         now=now,
         ids=ids,
         region=region,
-        evse=np.array([conns[r[1]][1] for r in chosen], dtype=np.int64),
-        i_now_a=np.array([r[2] if r[2] is not None else 0.0 for r in chosen], dtype=float),
-        min_a=np.array([stations[s][1] if s in stations else 8.0 for s in st_of], dtype=float),
-        max_a=np.array([conns[r[1]][2] for r in chosen], dtype=float),
-        n_phases=np.array(
-            [min(1 if r[3] == 1 else 3, conns[r[1]][3]) for r in chosen], dtype=float
-        ),
-        opt_out=np.array([bool(r[4]) for r in chosen], dtype=bool),
+        evse=np.array(cols[1], dtype=np.int64).reshape(n),
+        i_now_a=floats(2, 0.0),
+        min_a=floats(3, 8.0),
+        max_a=floats(4, np.nan),
+        n_phases=np.minimum(car_phases, floats(6, 3.0)),
+        opt_out=np.array(cols[7], dtype=bool).reshape(n),
         consent_required=np.array(
-            [rules[g].consent_required if g in rules else False for g in region], dtype=bool
-        ),
-        consent=np.array([sid in consented for sid in ids], dtype=bool),
-        budget_s=np.array(
-            [
-                60.0 * (rules[g].max_curtail_min_per_4h if g in rules else DEFAULT_BUDGET_MIN)
-                for g in region
-            ],
-            dtype=float,
-        ),
-        kwh=np.array([float(r[5] or 0.0) for r in chosen], dtype=float),
-        need_kwh=np.array([np.nan if r[6] is None else float(r[6]) for r in chosen], dtype=float),
-        departure=[r[7] for r in chosen],
+            [consent_required.get(g, False) for g in region], dtype=bool
+        ).reshape(n),
+        consent=np.array([c is True or c == 1 for c in cols[8]], dtype=bool).reshape(n),
+        budget_s=60.0
+        * np.array([budget_min.get(g, DEFAULT_BUDGET_MIN) for g in region], dtype=float).reshape(n),
+        kwh=floats(9, 0.0),
+        need_kwh=floats(10, np.nan),
+        departure=list(cols[12]) if departures else [None] * n,
     )
     index = {sid: k for k, sid in enumerate(ids)}
     since = now - timedelta(seconds=WINDOW_S)
-    logged = db.execute(
-        select(DrCurtailment.session_id, DrCurtailment.start, DrCurtailment.until).where(
-            DrCurtailment.until > since, DrCurtailment.start <= now
+    logged = (
+        db.connection()
+        .execute(
+            select(DrCurtailment.session_id, DrCurtailment.start, DrCurtailment.until).where(
+                DrCurtailment.until > since, DrCurtailment.start <= now
+            )
         )
+        .all()
     )
+    rel: dict[datetime, float] = {}  # one activation's rows share their times
+
+    def seconds(t: datetime) -> float:
+        x = rel.get(t)
+        if x is None:
+            x = rel[t] = (t - now).total_seconds()
+        return x
+
     ls, la, lb = [], [], []
     for sid, a, b in logged:
-        if sid in index:
-            ls.append(index[sid])
-            la.append((a - now).total_seconds())
-            lb.append((b - now).total_seconds())
+        k = index.get(sid)
+        if k is not None:
+            ls.append(k)
+            la.append(seconds(a))
+            lb.append(seconds(b))
     f.log_session = np.array(ls, dtype=np.int64)
     f.log_start_s = np.array(la, dtype=float)
     f.log_end_s = np.array(lb, dtype=float)
     counts = np.zeros(n, dtype=np.int64)
     midnight = local_midnight(now, settings.timezone)
-    for sid, c in db.execute(
-        select(DrCurtailment.session_id, func.count())
-        .where(DrCurtailment.start >= midnight, DrCurtailment.start <= now)
-        .group_by(DrCurtailment.session_id)
+    for sid, c in (
+        db.connection()
+        .execute(
+            select(DrCurtailment.session_id, func.count())
+            .where(DrCurtailment.start >= midnight, DrCurtailment.start <= now)
+            .group_by(DrCurtailment.session_id)
+        )
+        .all()
     ):
         if sid in index:
             counts[index[sid]] = int(c)
@@ -477,6 +544,20 @@ def published_ocpi(db: Session, ids: list[str]) -> dict[str, dict[str, Any]]:
     texts = published_ocpi_texts(db, ids)
     decoded: dict[str, dict[str, Any]] = {}  # identical profiles decoded once
     return {sid: decoded.get(t) or decoded.setdefault(t, loads(t)) for sid, t in texts.items()}
+
+
+def decode_profiles(texts: Sequence[str | None]) -> list[dict[str, Any] | None]:
+    """Decoded JSON of ``texts`` (None stays None); each distinct text is decoded once, all of
+    them in one call of the decoder."""
+    distinct = list(dict.fromkeys(t for t in texts if t is not None))
+    if not distinct:
+        return [None] * len(texts)
+    try:
+        values = orjson.loads("[" + ",".join(distinct) + "]")
+    except orjson.JSONDecodeError:  # NaN/Infinity written by the standard library
+        values = [loads(t) for t in distinct]
+    by_text = dict(zip(distinct, values, strict=True))
+    return [None if t is None else by_text[t] for t in texts]
 
 
 def published_ocpi_texts(db: Session, ids: list[str]) -> dict[str, str]:
@@ -755,25 +836,26 @@ def planned_kwh(
 def publish_curtailments(
     db: Session,
     run_id: int,
-    published: Sequence[tuple[str, int, RenderedShape]],
-    existing: Container[str],
+    session_ids: Sequence[str],
+    batch: Batch,
     settings: Settings,
     now: datetime,
 ) -> list[str]:
     """Publish curtailment profiles into the scheduler's tables, in bulk.
 
-    ``published`` holds ``(session_id, evse_id, rendered shape)``; ``existing`` the sessions
-    that have a published profile. The same rows as :func:`api.publish.publish_profiles`
-    writes (a ``profile_changes`` cursor per changed session, the replaced ``profiles`` row,
-    and with ``cpo_url`` an ``outbox`` item superseding older pending ones), written through
-    :mod:`api.bulk` (encoded once, handed to the driver's ``executemany`` or PostgreSQL
-    ``COPY``): for 16,000 sessions that is the difference between seconds and a fraction of
-    one. Cursors and outbox ids are reserved first, so no row is written twice (the outbox
-    payload holds its own id). ``run_id`` is the negative activation id. A session whose
-    profile would not change is left alone. Returns the changed session ids.
+    ``batch`` holds the profiles of ``session_ids`` (:func:`api.dr_batch.render_batch`). The
+    same rows as :func:`api.publish.publish_profiles` writes (a ``profile_changes`` cursor per
+    changed session, the replaced ``profiles`` row, and with ``cpo_url`` an ``outbox`` item
+    superseding older pending ones), written through :mod:`api.bulk` (encoded once, handed to
+    the driver's ``executemany`` or PostgreSQL ``COPY``): for 16,000 sessions that is the
+    difference between seconds and a fraction of one. Cursors and outbox ids are reserved
+    first, so no row is written twice (the outbox payload holds its own id). ``run_id`` is the
+    negative activation id. A session whose profile would not change is left alone. Returns
+    the changed session ids.
     """
-    rows = sorted((p for p in published if p[2].changed), key=lambda p: p[0])
-    changed = [sid for sid, _, _ in rows]
+    changed_mask = batch.changed.tolist()
+    picked = sorted((sid, k) for k, sid in enumerate(session_ids) if changed_mask[k])
+    changed = [sid for sid, _ in picked]
     if not changed:
         return []
     conn = db.connection()
@@ -787,26 +869,21 @@ def publish_curtailments(
         ("cursor", "session_id", "run_id", "created_at"),
         [(cur, sid, run_id, now) for cur, sid in zip(cursors, changed, strict=True)],
     )
-    profile_rows = []
-    for cur, (sid, evse, r) in zip(cursors, rows, strict=True):
-        pid = charging_profile_id(sid)
-        profile_rows.append(
-            (
-                sid,
-                cur,
-                run_id,
-                Encoded(r.limits_a_text),
-                Encoded(r.ocpi_text),
-                Encoded(r.ocpp16(evse, pid)),
-                Encoded(r.ocpp201(evse, pid, dumps(sid))),
-                now,
-            )
-        )
-    insert_rows(
+    rows = [k for _, k in picked]
+    insert_columns(
         conn,
         profiles,
-        ("session_id", "cursor", "run_id", "limits_a", "ocpi", "ocpp16", "ocpp201", "updated_at"),
-        profile_rows,
+        {
+            "session_id": changed,
+            "cursor": cursors,
+            "run_id": [run_id] * len(rows),
+            "limits_a": [batch.limits_a[k] for k in rows],
+            "ocpi": [batch.ocpi[k] for k in rows],
+            "ocpp16": [batch.ocpp16[k] for k in rows],
+            "ocpp201": [batch.ocpp201[k] for k in rows],
+            "updated_at": [now] * len(rows),
+        },
+        json_text=("limits_a", "ocpi", "ocpp16", "ocpp201"),
         replace_on="session_id",
     )
     if settings.cpo_url:
@@ -825,37 +902,25 @@ def publish_curtailments(
                 )
         item_ids = reserve_ids(conn, outbox, "id", len(changed))
         results = dumps(settings.public_url.rstrip("/") + "/v1/profiles/results/")[:-1]
-        insert_rows(
+        insert_columns(
             conn,
             outbox,
-            (
-                "id",
-                "session_id",
-                "cursor",
-                "payload",
-                "status",
-                "attempts",
-                "next_attempt_at",
-                "created_at",
-                "updated_at",
-            ),
-            [
-                (
-                    item_id,
-                    sid,
-                    cur,
-                    # {"charging_profile": <OCPI>, "response_url": ".../results/<id>"}
-                    Encoded(
-                        f'{{"charging_profile":{r.ocpi_text},"response_url":{results}{item_id}"}}'
-                    ),
-                    "pending",
-                    0,
-                    now,
-                    now,
-                    now,
-                )
-                for item_id, cur, (sid, _evse, r) in zip(item_ids, cursors, rows, strict=True)
-            ],
+            {
+                "id": item_ids,
+                "session_id": changed,
+                "cursor": cursors,
+                # {"charging_profile": <OCPI>, "response_url": ".../results/<id>"}
+                "payload": [
+                    f'{{"charging_profile":{batch.ocpi[k]},"response_url":{results}{item_id}"}}'
+                    for item_id, k in zip(item_ids, rows, strict=True)
+                ],
+                "status": ["pending"] * len(rows),
+                "attempts": [0] * len(rows),
+                "next_attempt_at": [now] * len(rows),
+                "created_at": [now] * len(rows),
+                "updated_at": [now] * len(rows),
+            },
+            json_text=("payload",),
         )
     return changed
 
@@ -954,11 +1019,13 @@ def run_activation(
     now: datetime,
     mode: str,
     actor: str,
-    t0: float,
+    spans: Spans,
 ) -> DrActivation:
     """The fast path inside the caller's transaction: activation, curtailments, profiles,
-    outbox and audit entry. The signal is marked relayed."""
-    fleet = load_fleet(db, settings, now)
+    outbox and audit entry. The signal is marked relayed. ``spans`` gets the time of each
+    step."""
+    fleet = load_fleet(db, settings, now, departures=False)
+    spans.mark("read_fleet")
     try:
         act = decide(fleet, settings, signal.end, signal.target_kw)
     except FastPathError as exc:
@@ -966,9 +1033,9 @@ def run_activation(
     chosen = np.flatnonzero(act.chosen)
     ids = [fleet.ids[k] for k in chosen]
     by_region: dict[str, float] = {}
-    for k in chosen.tolist():
+    for k, kw in zip(chosen.tolist(), act.release_kw[chosen].tolist(), strict=True):
         g = fleet.region[k] or ""
-        by_region[g] = by_region.get(g, 0.0) + float(act.release_kw[k])
+        by_region[g] = by_region.get(g, 0.0) + kw
     activation = DrActivation(
         signal_id=signal.id,
         started_at=now,
@@ -982,65 +1049,52 @@ def run_activation(
     )
     db.add(activation)
     db.flush()
-    # Sessions with the same published profile, restore time, minimum and phases get the same
-    # curtailment shape: it is computed and encoded once, each session only adds its ids.
+    spans.mark("decide")
     texts = published_ocpi_texts(db, ids)
-    decoded: dict[str, dict[str, Any]] = {}
-    shapes: dict[tuple[str | None, float, float, int], RenderedShape] = {}
+    spans.mark("read_profiles")
+    previous = decode_profiles([texts.get(sid) for sid in ids])
+    duration_s = act.duration_s[chosen].tolist()
     untils: dict[float, datetime] = {}
-    published: list[tuple[str, int, RenderedShape]] = []
-    curtailments: list[tuple[Any, ...]] = []
-    duration_s = act.duration_s.tolist()
-    n_phases = fleet.n_phases.astype(int).tolist()
-    min_a = fleet.min_a.tolist()
-    evse = fleet.evse.tolist()
-    i_now_a = fleet.i_now_a.tolist()
-    release_kw = act.release_kw.tolist()
-    kwh = fleet.kwh.tolist()
-    for k in chosen.tolist():
-        sid = fleet.ids[k]
-        d = float(duration_s[k])
-        until = untils.get(d) or untils.setdefault(d, now + timedelta(seconds=d))
-        prev_text = texts.get(sid)
-        key = (prev_text, d, min_a[k], n_phases[k])
-        r = shapes.get(key)
-        if r is None:
-            prev = None
-            if prev_text is not None:
-                prev = decoded.get(prev_text) or decoded.setdefault(prev_text, loads(prev_text))
-            parsed = None if prev is None else ocpi_segments(prev)
-            shape = curtailment_shape(
-                start=now, until=until, limit_a=min_a[k], previous=prev, parsed=parsed
-            )
-            r = shapes[key] = render_shape(shape, prev, n_phases[k], settings, parsed)
-        published.append((sid, evse[k], r))
-        curtailments.append(
-            (
-                activation.id,
-                sid,
-                fleet.region[k],
-                now,
-                until,
-                min_a[k],
-                i_now_a[k],
-                release_kw[k],
-                kwh[k],
-                r.planned_kwh,
-            )
-        )
-    if curtailments:
-        insert_rows(
-            db.connection(),
-            cast(Table, DrCurtailment.__table__),
-            CURTAILMENT_COLUMNS,
-            curtailments,
-        )
-        publish_curtailments(db, -activation.id, published, texts, settings, now)
+    until = [untils.get(d) or untils.setdefault(d, now + timedelta(seconds=d)) for d in duration_s]
+    n_phases = fleet.n_phases[chosen].astype(np.int64)
+    evse = fleet.evse[chosen].tolist()
+    batch = render_batch(
+        start=now,
+        until_s=np.array([u.timestamp() for u in until], dtype=np.float64),
+        limit_a=fleet.min_a[chosen],
+        n_phases=n_phases,
+        evse_id=evse,
+        profile_id=[charging_profile_id(sid) for sid in ids],
+        session_ids=ids,
+        previous=previous,
+        voltage_v=settings.voltage_v,
+        step_s=settings.step_s,
+    )
+    spans.mark("render")
+    if ids:
+        m = len(ids)
+        values: list[Sequence[Any]] = [  # in the order of CURTAILMENT_COLUMNS
+            [activation.id] * m,
+            ids,
+            [fleet.region[k] for k in chosen.tolist()],
+            [now] * m,
+            until,
+            fleet.min_a[chosen].tolist(),
+            fleet.i_now_a[chosen].tolist(),
+            act.release_kw[chosen].tolist(),
+            fleet.kwh[chosen].tolist(),
+            batch.planned_kwh,
+        ]
+        columns = dict(zip(CURTAILMENT_COLUMNS, values, strict=True))
+        insert_columns(db.connection(), cast(Table, DrCurtailment.__table__), columns)
+        spans.mark("write_curtailments")
+        publish_curtailments(db, -activation.id, ids, batch, settings, now)
+        spans.mark("write_profiles_outbox")
     signal.status = "relayed"
     signal.decided_at = now
     signal.decided_by = actor
     signal.activation_id = activation.id
-    activation.time_s = round(time.perf_counter() - t0, 4)
+    activation.time_s = round(spans.total_s(), 4)
     audit(
         db,
         actor,
@@ -1056,6 +1110,7 @@ def run_activation(
             "restore_at": _iso(act.restore_at),
             "skipped": act.skipped(),
             "target_reached": act.target_reached,
+            "timings_ms": spans.ms,
         },
     )
     return activation
@@ -1091,11 +1146,11 @@ def receive_signal(
     DrError
         422 for a past ``end`` or a non-positive ``target_kw`` (nothing stored).
     """
-    t0 = time.perf_counter()
+    spans = Spans()
     now = (now or utcnow()).replace(microsecond=0)
     validate_signal(body, now)
     actor = actor_of(principal)
-    with transaction(factory) as db:
+    with gc_paused(), transaction(factory) as db:
         _lock(db)
         signal = DrSignal(
             received_at=now,
@@ -1122,17 +1177,20 @@ def receive_signal(
             },
         )
         refusal = auto_relay_refusal(db, settings, now)
+        spans.mark("store_signal")
         activation = None
         if refusal is None:
             signal.decision_reason = "auto-relay policy"
-            activation = run_activation(db, settings, signal, now, "auto", "policy", t0)
+            activation = run_activation(db, settings, signal, now, "auto", "policy", spans)
         else:
             signal.decision_reason = f"waiting for an operator: {refusal}"
         out = response_of(signal, activation)
     SIGNALS.labels("received").inc()
     if activation is not None:
-        elapsed = time.perf_counter() - t0
+        spans.mark("commit")
+        elapsed = spans.total_s()
         out["committed_s"] = round(elapsed, 4)
+        out["timings_ms"] = spans.ms
         _count(activation, elapsed)
     return out, activation is not None
 
@@ -1168,16 +1226,19 @@ def relay_signal(
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """An operator relays a pending signal: the activation starts now."""
-    t0 = time.perf_counter()
+    spans = Spans()
     now = (now or utcnow()).replace(microsecond=0)
-    with transaction(factory) as db:
+    with gc_paused(), transaction(factory) as db:
         _lock(db)
         signal = _pending(db, signal_id, now)
         signal.decision_reason = reason or "relayed by an operator"
-        activation = run_activation(db, settings, signal, now, "manual", actor_of(principal), t0)
+        spans.mark("store_signal")
+        activation = run_activation(db, settings, signal, now, "manual", actor_of(principal), spans)
         out = response_of(signal, activation)
-    elapsed = time.perf_counter() - t0
+    spans.mark("commit")
+    elapsed = spans.total_s()
     out["committed_s"] = round(elapsed, 4)
+    out["timings_ms"] = spans.ms
     _count(activation, elapsed)
     return out
 
@@ -1374,9 +1435,13 @@ def flexibility(db: Session, settings: Settings, now: datetime) -> dict[str, Any
     """Release-able power now per region and a 24 h forecast per 15-minute slot.
 
     Now: what an activation without target would release at ``now`` (eligibility, budgets and
-    all). Ahead, slot ``k`` starting at ``t_k``: ``Σ_s max(ℓ_s(t_k) − i_min,s, 0) · n_s · V/1000``
-    over sessions that are eligible by opt-out and consent and present at ``t_k`` (before their
-    departure), with ``ℓ_s`` the limit of the published profile at ``t_k`` (the schedule).
+    all). Ahead, slot ``k`` starting at ``t_k`` (``h_k`` long from ``τ_k = max(t_k, now)``):
+    ``Σ_s max(ℓ_s(t_k) − i_min,s, 0) · n_s · V/1000 · x_s,k / h_k`` over sessions that are
+    eligible by opt-out and consent and present at ``t_k`` (before their departure), with
+    ``ℓ_s`` the limit of the published profile at ``t_k`` (the schedule) and ``x_s,k`` the
+    curtailment its rolling 4-hour budget still allows from ``τ_k`` (the curtailment log as it
+    stands; :func:`optimizer.fastpath.budget_ahead_s`), 0 when less than a minute: the mean
+    power an activation at the slot's start would release over the slot.
     """
     now = now.replace(microsecond=0)
     fleet = load_fleet(db, settings, now)
@@ -1393,6 +1458,12 @@ def flexibility(db: Session, settings: Settings, now: datetime) -> dict[str, Any
     t_slot = start.timestamp() + slot_s * np.arange(slots)
     ahead = {g: np.zeros(slots) for g in regions}
     eligible = ~fleet.opt_out & ~(fleet.consent_required & ~fleet.consent)
+    at_s = np.maximum(t_slot - now.timestamp(), 0.0)
+    horizon_s = t_slot + slot_s - now.timestamp() - at_s
+    allowed_s = budget_ahead_s(
+        fleet.budget_s, fleet.log_session, fleet.log_start_s, fleet.log_end_s, at_s, horizon_s
+    )
+    share = np.where(allowed_s >= np.minimum(MIN_DURATION_S, horizon_s), allowed_s / horizon_s, 0.0)
     profiles = published_ocpi(db, fleet.ids)
     for k, sid in enumerate(fleet.ids):
         g = fleet.region[k]
@@ -1408,7 +1479,7 @@ def flexibility(db: Session, settings: Settings, now: datetime) -> dict[str, Any
         valid = (pos >= 0) & (t_slot < stop)
         lim = np.where(valid, limits[np.clip(pos, 0, None)], 0.0)
         kw = np.maximum(lim - fleet.min_a[k], 0.0) * fleet.n_phases[k] * settings.voltage_v / 1e3
-        ahead[g] += np.where(valid, kw, 0.0)
+        ahead[g] += np.where(valid, kw * share[k], 0.0)
     return {
         "at": _iso(now),
         "now_kw": {g: round(v, 3) for g, v in now_by_region.items()},

@@ -10,13 +10,14 @@
    16,000-connector topology, 16,000 active sessions and their published profiles; one
    ``POST /v1/demand-response/signals`` with auto-relay on, timed at the client: it reads the
    fleet, decides, and commits the activation, the curtailments, the profiles, the profile
-   changes and the outbox items in one transaction.
+   changes and the outbox items in one transaction. The server's answer carries the time of
+   each step (``timings_ms``), recorded in the table.
 
 Results are appended to ``docs/BENCHMARKS.md`` and ``docs/benchmarks.json``.
 
-Usage: ``python -m benchmarks.dr [--sessions 16000] [--repeat 20] [--pg-url URL]`` (``URL`` of a
-PostgreSQL server where the benchmark may create and drop a database; defaults to
-``$GRIDCHARGE_TEST_DATABASE_URL``).
+Usage: ``python -m benchmarks.dr [--sessions 16000] [--repeat 20] [--pg-url URL] [--no-record]``
+(``URL`` of a PostgreSQL server where the benchmark may create and drop a database; defaults to
+``$GRIDCHARGE_TEST_DATABASE_URL``; ``--no-record`` prints the table without appending it).
 """
 
 from __future__ import annotations
@@ -121,6 +122,24 @@ def bench_in_process(n: int, repeat: int) -> dict[str, Any]:
             previous=None,
         )
     render_ms = (time.perf_counter() - t0) * 1e3
+    from api.dr_batch import render_batch
+    from optimizer.profiles import charging_profile_id
+
+    sids = [f"s-{k:06d}" for k in chosen.tolist()]
+    t0 = time.perf_counter()
+    render_batch(
+        start=SIGNAL_AT,
+        until_s=SIGNAL_AT.timestamp() + act.duration_s[chosen],
+        limit_a=kw["min_a"][chosen],
+        n_phases=kw["n_phases"][chosen].astype(np.int64),
+        evse_id=[1 + k % 2 for k in chosen.tolist()],
+        profile_id=[charging_profile_id(sid) for sid in sids],
+        session_ids=sids,
+        previous=[None] * len(sids),
+        voltage_v=kw["voltage_v"],
+        step_s=900,
+    )
+    batch_ms = (time.perf_counter() - t0) * 1e3
     return {
         "sessions": n,
         "curtailed": int(chosen.size),
@@ -130,6 +149,7 @@ def bench_in_process(n: int, repeat: int) -> dict[str, Any]:
         "loop_reference_ms": round(ref_ms, 1),
         "speedup_vs_loop": round(ref_ms / fast_ms, 1),
         "render_forms_ms": round(render_ms, 1),
+        "render_batch_ms": round(batch_ms, 1),
     }
 
 
@@ -293,6 +313,7 @@ def bench_http(n: int, pg_url: str | None = None, distinct: bool = False) -> dic
         "http_ms": round(wall_ms, 1),
         "server_ms": round(out["activation"]["time_s"] * 1e3, 1),
         "committed_ms": round(out.get("committed_s", out["activation"]["time_s"]) * 1e3, 1),
+        "steps_ms": out.get("timings_ms", {}),
         "outbox_items": outbox,
     }
 
@@ -305,6 +326,11 @@ def main() -> None:
         "--pg-url",
         default=os.environ.get("GRIDCHARGE_TEST_DATABASE_URL"),
         help="PostgreSQL server for a second HTTP run (default: $GRIDCHARGE_TEST_DATABASE_URL)",
+    )
+    ap.add_argument(
+        "--no-record",
+        action="store_true",
+        help="print the results only (docs/BENCHMARKS.md and docs/benchmarks.json unchanged)",
     )
     args = ap.parse_args()
     proc_row = bench_in_process(args.sessions, args.repeat)
@@ -329,6 +355,9 @@ def main() -> None:
         f"{proc_row['loop_reference_ms']} | {proc_row['speedup_vs_loop']} × slower |",
         f"| render OCPP 1.6 / 2.0.1 / OCPI forms | {proc_row['curtailed']:,} | "
         f"{proc_row['render_forms_ms']} | |",
+        f"| the same forms as JSON text, whole activation at once (`render_batch`) | "
+        f"{proc_row['curtailed']:,} | {proc_row['render_batch_ms']} | "
+        f"{proc_row['render_batch_ms'] / proc_row['fastpath_ms']:.0f} × fast path |",
     ]
     for row in http_rows:
         db = row["database"]
@@ -341,6 +370,9 @@ def main() -> None:
             f"| of which before the commit (read fleet, decide, write; {db}) | "
             f"{row['curtailed']:,} | {row['server_ms']} | |",
         ]
+        if row.get("steps_ms"):
+            steps = ", ".join(f"{k} {v:.0f}" for k, v in row["steps_ms"].items())
+            lines.append(f"| steps in the server ({db}): {steps} | | | |")
     loads = "; ".join(
         f"{r['database']} {r['load_1min'][0]} before / {r['load_1min'][1]} after" for r in http_rows
     )
@@ -355,6 +387,9 @@ def main() -> None:
         )
         + f". Load average (1 min) around the HTTP request: {loads} (on {os.cpu_count()} cores).",
     ]
+    if args.no_record:
+        print("\n".join(lines))
+        return
     append_results(
         "\n".join(lines),
         {

@@ -245,6 +245,59 @@ def budget_duration_s(
     return out
 
 
+def budget_ahead_s(
+    budget_s: FloatArray,
+    log_session: IntArray,
+    log_start_s: FloatArray,
+    log_end_s: FloatArray,
+    at_s: FloatArray,
+    horizon_s: FloatArray,
+    window_s: float = WINDOW_S,
+) -> FloatArray:
+    """Longest curtailment each session could take from each of several later times [s].
+
+    For a time ``τ_j`` (relative to now) the logged curtailments are shifted to it
+    (``a_k − τ_j``, ``b_k − τ_j``) and :func:`budget_duration_s` gives the longest new
+    curtailment from ``τ_j`` on, at most ``h_j``: a session whose rolling-window budget is spent
+    at ``τ_j`` gets 0 until enough of its earlier curtailment has left the window. A session
+    still held by a logged curtailment at ``τ_j`` (``a_k ≤ τ_j < b_k``) gets 0. Times after
+    every logged curtailment has left the window need no log: ``min(B, h_j)``.
+
+    Parameters
+    ----------
+    budget_s : array
+        Budget ``B`` of every session per window [s].
+    log_session, log_start_s, log_end_s : array
+        Logged curtailments (session index, start and end [s] relative to now; they may end
+        after now).
+    at_s : array
+        The times ``τ_j`` [s] relative to now (≥ 0).
+    horizon_s : array
+        The longest curtailment asked for at each time ``h_j`` [s].
+    window_s : float
+        Window length [s].
+
+    Returns
+    -------
+    array, shape (n sessions, n times)
+        Seconds [s].
+    """
+    n = budget_s.size
+    out = np.empty((n, at_s.size))
+    last_b = float(log_end_s.max()) if log_end_s.size else -np.inf
+    for j, (tau, h) in enumerate(zip(at_s.tolist(), horizon_s.tolist(), strict=True)):
+        if tau >= last_b + window_s:
+            out[:, j] = np.clip(budget_s, 0.0, h)
+            continue
+        a, b = log_start_s - tau, log_end_s - tau
+        held = np.zeros(n, dtype=bool)
+        held[log_session[(a <= 0.0) & (b > 0.0)]] = True
+        past = b <= 0.0
+        x = budget_duration_s(budget_s, log_session[past], a[past], b[past], h, window_s)
+        out[:, j] = np.where(held, 0.0, x)
+    return out
+
+
 def skip_reasons(
     i_now_a: FloatArray,
     min_a: FloatArray,

@@ -515,6 +515,77 @@ def test_flexibility_now_and_ahead(
     assert app_client.get("/v1/flexibility", headers=auth(keys["dso"])).status_code == 403
 
 
+def test_flexibility_ahead_respects_curtailment_budgets(
+    app_client: TestClient, factory: sessionmaker[Session], keys: dict[str, str], db_url: str
+) -> None:
+    """A session whose rolling 4-hour budget is spent adds nothing to the forecast until its
+    earlier curtailment leaves the window; a budget shorter than the slot counts pro rata."""
+    now = datetime.fromtimestamp(datetime.now(UTC).timestamp() // 900 * 900 - 900 + 440, UTC)
+    seed(factory, now)
+    reoptimise(factory, settings_for(db_url), now)
+    r = app_client.put(
+        "/v1/demand-response/contract-rules/region-01",
+        json={"max_curtail_min_per_4h": 10},
+        headers=auth(keys["operator"]),
+    )
+    assert r.status_code == 200, r.text
+    # s-1 was held for 10 minutes ending 3 h 30 min ago: its whole 10-minute budget stays in
+    # the window until 20 minutes from now
+    with transaction(factory) as db:
+        db.add(
+            DrCurtailment(
+                activation_id=99,
+                session_id="s-1",
+                region="region-01",
+                start=now - timedelta(minutes=220),
+                until=now - timedelta(minutes=210),
+                limit_a=8.0,
+                current_before_a=12.5,
+                released_kw=3.105,
+            )
+        )
+    r = app_client.get(
+        "/v1/flexibility",
+        params={"at": now.isoformat()},
+        headers=auth(keys["operator"]),
+    )
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["now_kw"]["region-01"] == pytest.approx(3.105 + 1.84, abs=1e-3)  # not s-1
+    fc = out["forecast"]
+    start = datetime.fromisoformat(fc["start"])
+    ps = profiles(factory)
+    s1_counted = []
+    for k in range(fc["slots"]):
+        t = start + timedelta(minutes=15 * k)
+        tau = max((t - now).total_seconds(), 0.0)
+        h = (t + timedelta(minutes=15) - now).total_seconds() - tau
+        want = {"region-01": 0.0, "region-02": 0.0}
+        for sid, (_, _, phases) in SESSIONS.items():
+            o = ps[sid].ocpi
+            t0 = datetime.fromisoformat(o["start_date_time"])
+            if not t0 <= t < min(t0 + timedelta(seconds=o["duration"]), now + timedelta(hours=3)):
+                continue
+            lim = [
+                p["limit"]
+                for p in o["charging_profile_period"]
+                if t0 + timedelta(seconds=p["start_period"]) <= t
+            ][-1]
+            region, floor, budget = (
+                ("region-02", 6.0, 1800.0) if sid == "s-5" else ("region-01", 8.0, 600.0)
+            )
+            x = min(budget, h)
+            if sid == "s-1" and tau <= 20 * 60:
+                x = 0.0
+            elif sid == "s-1" and lim > 8.0:
+                s1_counted.append(k)
+            share = x / h if x >= min(60.0, h) else 0.0
+            want[region] += max(lim - floor, 0.0) * phases * 0.23 * share
+        for region, kw in want.items():
+            assert fc["kw"][region][k] == pytest.approx(kw, abs=1e-2), (k, region)
+    assert s1_counted and min(s1_counted) == 2  # slots 0 and 1 start within the 20 minutes
+
+
 def test_driver_impact_kpis(
     factory: sessionmaker[Session], db_url: str, app_client: TestClient, keys: dict[str, str]
 ) -> None:

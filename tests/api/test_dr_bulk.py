@@ -16,7 +16,7 @@ from sqlalchemy import Table, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import dr
-from api.bulk import Encoded, dumps, insert_rows, loads, reserve_ids
+from api.bulk import Encoded, dumps, insert_columns, insert_rows, loads, reserve_ids
 from api.db import make_engine, make_sessionmaker, migrate, transaction
 from api.main import create_app
 from api.models import OutboxItem, Profile, ProfileChange
@@ -124,6 +124,77 @@ def test_bulk_rows_read_back_like_orm_rows(bulk_factory: sessionmaker[Session]) 
             .where(DrCurtailment.until > T0 + timedelta(minutes=14, seconds=59))
         )
         assert n_held == 1
+
+
+def test_bulk_text_with_copy_escapes_reads_back_unchanged(
+    bulk_factory: sessionmaker[Session],
+) -> None:
+    """Tabs, newlines, carriage returns and backslashes (COPY's escapes on PostgreSQL), a
+    backslash-dot line, nulls and infinite floats come back as written."""
+    outbox = cast(Table, OutboxItem.__table__)
+    curtail = cast(Table, DrCurtailment.__table__)
+    weird = ["t\tab", "new\nline", "cr\r", "back\\slash", "\\.", "\\N", "é\t\\n"]
+    payload = {"text": "a\tb\nc\\d", "list": weird}
+    with transaction(bulk_factory) as db:
+        conn = db.connection()
+        ids = reserve_ids(conn, outbox, "id", len(weird))
+        insert_rows(
+            conn,
+            outbox,
+            OUTBOX_COLUMNS,
+            [
+                (i, sid, k, payload, "pending", 0, T0, T0, T0)
+                for k, (i, sid) in enumerate(zip(ids, weird, strict=True))
+            ],
+        )
+        insert_rows(
+            conn,
+            curtail,
+            dr.CURTAILMENT_COLUMNS,
+            [
+                (1, "inf", "r\\1", T0, T0, 8.0, 16.0, 1e-7, float("inf"), None),
+                (1, "big", None, T0, T0, 8.0, 0.1 + 0.2, -0.0, 1e300, 3.0),
+            ],
+        )
+    with bulk_factory() as db:
+        items = {i.session_id: i for i in db.scalars(select(OutboxItem))}
+        assert sorted(items) == sorted(weird)
+        assert all(i.payload == payload for i in items.values())
+        rows = {c.session_id: c for c in db.scalars(select(DrCurtailment))}
+    inf, big = rows["inf"], rows["big"]
+    assert inf.region == "r\\1" and inf.current_before_a == 16.0
+    assert inf.released_kw == 1e-7 and inf.kwh_at_signal == float("inf")
+    assert inf.planned_kwh is None and big.region is None
+    assert big.current_before_a == 0.1 + 0.2 and big.kwh_at_signal == 1e300
+
+
+def test_insert_columns_takes_json_text_and_refuses_ragged_columns(
+    bulk_factory: sessionmaker[Session],
+) -> None:
+    outbox = cast(Table, OutboxItem.__table__)
+    payload = {"charging_profile": {"limit": 8.0}, "s": 'q"\\'}
+    with transaction(bulk_factory) as db:
+        conn = db.connection()
+        ids = reserve_ids(conn, outbox, "id", 2)
+        columns: dict[str, Any] = {
+            "id": ids,
+            "session_id": ["c-1", "c-2"],
+            "cursor": [1, 2],
+            "payload": [dumps(payload), dumps([1, "x"])],
+            "status": ["pending"] * 2,
+            "attempts": [0, 0],
+            "next_attempt_at": [T0, T0],
+            "created_at": [T0, T0],
+            "updated_at": [T0, T0],
+        }
+        assert insert_columns(conn, outbox, columns, json_text=("payload",)) == 2
+        with pytest.raises(ValueError, match="different lengths"):
+            insert_columns(conn, outbox, {**columns, "cursor": [1]})
+        with pytest.raises(ValueError, match="status: json_text"):
+            insert_columns(conn, outbox, columns, json_text=("status",))
+    with bulk_factory() as db:
+        items = {i.session_id: i.payload for i in db.scalars(select(OutboxItem))}
+    assert items == {"c-1": payload, "c-2": [1, "x"]}
 
 
 def test_replace_on_replaces_rows_and_inserts_new_ones(

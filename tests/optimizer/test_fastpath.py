@@ -384,3 +384,24 @@ def test_no_rolling_window_ever_exceeds_the_budget(case: dict[str, object]) -> N
         if act.chosen[s]
     )
     assert act.released_kw == pytest.approx(want)
+
+
+def test_budget_ahead_spent_held_and_window_clear() -> None:
+    """Session 0: 10-minute budget spent by a curtailment that ended 3 h 30 min ago, free again
+    once it starts leaving the window (after 20 minutes); session 1: held until 5 minutes from now;
+    session 2: no log, budget shorter than the slot."""
+    from optimizer.fastpath import budget_ahead_s
+
+    budget = np.array([600.0, 1800.0, 300.0])
+    log_session = np.array([0, 1], dtype=np.int64)
+    log_start = np.array([-220 * 60.0, -600.0])
+    log_end = np.array([-210 * 60.0, 300.0])
+    at = np.array([0.0, 15 * 60.0, 21 * 60.0, 5 * 3600.0])
+    horizon = np.full(4, 900.0)
+    x = budget_ahead_s(budget, log_session, log_start, log_end, at, horizon)
+    assert x.shape == (3, 4)
+    assert x[0].tolist() == [0.0, 0.0, 600.0, 600.0]
+    assert x[1, 0] == 0.0  # still held
+    # after the hold: 15 min used in the window, 30 min budget -> 15 min allowed
+    assert x[1, 1] == 900.0 and x[1, 3] == 900.0
+    assert x[2].tolist() == [300.0] * 4
