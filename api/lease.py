@@ -200,6 +200,7 @@ class LeaseKeeper:
         self.clock = clock
         self._renewed_at: float | None = None
         self._seen_signal: datetime | None = None
+        self._primed = False
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name=f"lease-{name}", daemon=True)
@@ -234,17 +235,20 @@ class LeaseKeeper:
         return ok
 
     def poll(self) -> None:
-        """Relay a new ``signalled_at`` to ``on_signal`` (holder only)."""
+        """Relay a ``signalled_at`` newer than the one seen before to ``on_signal`` (holder
+        only; a signal from before this process held the lease is covered by its first run)."""
         if self.on_signal is None or not self.held:
+            self._primed = False
             return
         t = _table()
         with self.factory() as db:
             seen = db.scalar(select(t.c.signalled_at).where(t.c.name == self.name))
-        if seen is not None and (self._seen_signal is None or seen > self._seen_signal):
-            first = self._seen_signal is None
+        newer = seen is not None and (self._seen_signal is None or seen > self._seen_signal)
+        if newer:
             self._seen_signal = seen
-            if not first:
-                self.on_signal()
+        if newer and self._primed:
+            self.on_signal()
+        self._primed = True
 
     def claim(self) -> LeaseClaim:
         """The claim work done under this keeper's lease confirms (:meth:`LeaseClaim.confirm`)."""

@@ -66,6 +66,8 @@ PUBLISH_LOCK_ID = 0x6763_7075_626C
 """PostgreSQL advisory lock serialising publishers, so cursors commit in increasing order."""
 IN_CHUNK = 500
 """Ids per ``IN (...)`` clause."""
+PUBLISHING = "publishing"
+"""Status of a run while its profiles are being written (its own status once all are)."""
 
 
 @dataclass
@@ -494,7 +496,7 @@ def reoptimise(
             grid_start=grid_start,
             step_s=settings.step_s,
             steps=settings.horizon_steps,
-            status=schedule["status"] if schedule else "rejected",
+            status=PUBLISHING if schedule else "rejected",
             method=schedule["method"] if schedule else "none",
             objective=(schedule.get("solver") or {}).get("objective") if schedule else None,
             reason=choice.reason,
@@ -508,17 +510,17 @@ def reoptimise(
     changed: list[str] = []
     if schedule is not None:
         changed = publish_in_chunks(factory, run, schedule.get("profiles", {}), settings, lease)
+        run.status, run.published = schedule["status"], True
+    run.time_s = round(time.perf_counter() - t0, 4)
     with transaction(factory) as db:
         if lease is not None:
             lease.confirm(db)
         db.execute(
             update(ScheduleRun)
             .where(ScheduleRun.id == run.id)
-            .values(published=schedule is not None, time_s=round(time.perf_counter() - t0, 4))
+            .values(status=run.status, published=run.published, time_s=run.time_s)
             .execution_options(synchronize_session=False)
         )
-        run.published = schedule is not None
-        run.time_s = round(time.perf_counter() - t0, 4)
     elapsed = time.perf_counter() - t0
     SOLVE_SECONDS.observe(elapsed)
     if schedule is None:
