@@ -331,7 +331,9 @@ class _Published:
 
 def raises_limit(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
     """True when the OCPI profile ``new`` allows more current than ``old`` at some time from
-    ``new``'s start on (a session without a profile draws its maximum: ``old`` None is False).
+    ``new``'s start on. Where ``old`` is not in force (``old`` None: a session without a
+    profile; before it begins or after it ends) the charger draws its maximum, which no
+    profile raises.
     """
     if old is None:
         return False
@@ -341,13 +343,13 @@ def raises_limit(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
     if o_end < n_end:  # after the old profile ends the charger falls back to its maximum
         n_end = o_end
     n_from, o_from = _from(n_seg, start, n_end), _from(o_seg, start, n_end)
-    if not n_from:
-        return False
-    if not o_from or o_from[0][0] > start:
-        return True  # the old profile did not cover the start: compare against the maximum
+    if not n_from or not o_from:
+        return False  # where no old profile is in force the charger is at its maximum
     cuts = sorted({t for t, _ in n_from} | {t for t, _ in o_from})
     i = j = 0
     for t in cuts:
+        if t < o_from[0][0]:
+            continue  # before the old profile begins: at its maximum
         while i + 1 < len(n_from) and n_from[i + 1][0] <= t:
             i += 1
         while j + 1 < len(o_from) and o_from[j + 1][0] <= t:
@@ -379,8 +381,10 @@ def publish_in_chunks(
     - leaves out sessions a demand-response curtailment holds now, and sessions whose profile
       was cleared (the session ended) since the comparison.
 
-    Short transactions keep the database's write lock free for request handling (SQLite has
-    one writer at a time).
+    Short transactions keep the database's write lock free for request handling. SQLite has
+    one writer at a time, and a request that finds the lock taken waits by sleeping in growing
+    steps (1, 2, 5, 10 ... ms): on SQLite each chunk is followed by a pause as long as it took,
+    so that the requests' writes get the lock at least half of the time.
     """
     ids = sorted(forms)
     published: dict[str, _Published] = {}
@@ -401,9 +405,15 @@ def publish_in_chunks(
         ),
     )
     size = settings.publish_chunk_sessions
+    bind = factory.kw.get("bind")
+    single_writer = bind is not None and bind.dialect.name == "sqlite"
+    wrote_s = 0.0
     done: list[str] = []
     for k in range(0, len(order), size):
+        if k and single_writer:
+            time.sleep(wrote_s)  # hold SQLite's one write lock at most half of the time
         part = order[k : k + size]
+        began = time.perf_counter()
         with transaction(factory) as db:
             _lock(db)
             if lease is not None:
@@ -424,8 +434,8 @@ def publish_in_chunks(
                 )
             ]
             _write_profiles(db, run.id, run.step_s, forms, sorted(keep), rows, settings)
+        wrote_s = time.perf_counter() - began
         done.extend(keep)
-        time.sleep(0)  # let a waiting writer of this process in between chunks
     return sorted(done)
 
 
