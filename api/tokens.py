@@ -32,7 +32,7 @@ from api.settings import Settings
 log = logging.getLogger(__name__)
 
 SECRET_KEY = "token_secret"
-"""``settings`` row of a generated key (hex)."""
+"""``settings`` row of a generated key (64 hex digits, used as text like a configured one)."""
 SCHEME_KEY = "token_hash_scheme"
 """``settings`` row naming the scheme and the key fingerprint of the stored hashes."""
 SCHEME = "hmac-sha256(sha256(upper(uid)))/1"
@@ -101,7 +101,7 @@ def token_key(factory: sessionmaker[Session], settings: Settings) -> bytes:
     with factory() as db:
         stored = db.get(Setting, SECRET_KEY)
         assert stored is not None
-        return bytes.fromhex(str(stored.value))
+        return str(stored.value).encode("utf-8")  # as a configured secret: the text's bytes
 
 
 def rekey_stored_hashes(factory: sessionmaker[Session], key: bytes) -> int:

@@ -59,7 +59,7 @@ def test_a_generated_key_is_kept_in_the_database_and_shared(db_url: str) -> None
     try:
         first = token_key(factory, Settings(database_url=db_url))
         again = token_key(factory, Settings(database_url=db_url))  # another worker, a restart
-        assert first == again and len(first) == 32
+        assert first == again and len(first) == 64  # 256 random bits as hex text
         with factory() as db:
             assert db.get(Setting, SECRET_KEY) is not None
     finally:
@@ -115,7 +115,10 @@ def test_the_service_hashes_with_its_key_and_never_logs_it(
     caplog.set_level(logging.DEBUG)
     with TestClient(create_app(Settings(database_url=db_url, background=False))) as c:
         key = c.app.state.token_key  # type: ignore[attr-defined]
-    assert key.hex() not in caplog.text and key.decode("latin-1") not in caplog.text
+    assert key.decode() not in caplog.text
+    moved = Settings(database_url=db_url, background=False, token_secret=SecretStr(key.decode()))
+    with TestClient(create_app(moved)) as c:  # the generated key moved to the environment
+        assert c.app.state.token_key == key  # type: ignore[attr-defined]
     other = Settings(database_url=db_url, background=False, token_secret=SecretStr("changed"))
     with pytest.raises(TokenKeyMismatch), TestClient(create_app(other)):
         pass  # a start with another key is refused: every stored hash would stop matching
