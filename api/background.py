@@ -67,6 +67,8 @@ class SchedulerLoop:
         self.runs = 0
         self.errors = 0
         self.skipped = 0
+        self.run_lock = threading.Lock()
+        """Held by every run of this process (the loop's and ``POST /v1/schedule-runs``)."""
         self._stop = threading.Event()
         self.child = ChildScheduler(settings) if settings.scheduler_in_child else None
         self.thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
@@ -92,11 +94,12 @@ class SchedulerLoop:
             return
         claim = self.lease.claim() if self.lease is not None else None
         try:
-            if self.child is not None:
-                self.child.reoptimise(self.clock(), self._stop, claim)
-                update_gauges(self.factory)
-            else:
-                reoptimise(self.factory, self.settings, self.clock(), claim)
+            with self.run_lock:
+                if self.child is not None:
+                    self.child.reoptimise(self.clock(), self._stop, claim)
+                    update_gauges(self.factory)
+                else:
+                    reoptimise(self.factory, self.settings, self.clock(), claim)
             self.runs += 1
         except Exception:
             self.errors += 1
@@ -282,6 +285,7 @@ def start_loops(app: Any, settings: Settings) -> list[Any]:
         after_run=outbox.wake if outbox is not None else None,
         lease=lease,
     ).start()
+    app.state.scheduler_loop = scheduler  # POST /v1/schedule-runs runs under its lease
     loops.append(scheduler)
     if outbox is not None:
         loops.append(outbox)

@@ -244,3 +244,31 @@ def test_two_processes_never_replan_at_the_same_time(db_url: str, tmp_path: Path
             if p.is_alive():
                 p.kill()
             p.join(10)
+
+
+def test_a_manual_run_defers_to_the_lease_holder_in_another_process(db_url: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from api.models_lease import Lease
+    from tests.api.conftest import auth, make_key
+
+    migrate(db_url)
+    engine = make_engine(db_url)
+    factory = make_sessionmaker(engine)
+    operator = make_key(db_url, "operator")
+    try:
+        with transaction(factory) as db:
+            assert try_acquire(db, SCHEDULER_LEASE, "another process", 60.0, utcnow())
+        settings = live_settings(db_url, background=True)
+        with TestClient(create_app(settings)) as c:
+            r = c.post("/v1/schedule-runs", headers=auth(operator))
+            assert r.status_code == 409
+            assert r.json()["detail"].startswith("scheduler: re-plans run in another process")
+        with factory() as db:
+            lease = db.get(Lease, SCHEDULER_LEASE)
+            assert lease is not None and lease.signalled_at is not None
+            assert lease.holder == "another process"
+            assert db.scalar(select(func.count()).select_from(ScheduleRun)) == 0
+    finally:
+        engine.dispose()
