@@ -407,7 +407,7 @@ def publish_in_chunks(
     size = settings.publish_chunk_sessions
     bind = factory.kw.get("bind")
     single_writer = bind is not None and bind.dialect.name == "sqlite"
-    wrote_s = 0.0
+    wrote_s = longest_s = 0.0
     done: list[str] = []
     for k in range(0, len(order), size):
         if k and single_writer:
@@ -435,7 +435,15 @@ def publish_in_chunks(
             ]
             _write_profiles(db, run.id, run.step_s, forms, sorted(keep), rows, settings)
         wrote_s = time.perf_counter() - began
+        longest_s = max(longest_s, wrote_s)
         done.extend(keep)
+    if order:
+        log.info(
+            "published %d profile(s) in %d transaction(s), the longest %.1f ms",
+            len(done),
+            -(-len(order) // size),
+            1000 * longest_s,
+        )
     return sorted(done)
 
 

@@ -119,7 +119,7 @@ class Settings(BaseSettings):
         "long after the holder died [s].",
     )
     publish_chunk_sessions: int = Field(
-        default=100,
+        default=25,
         ge=1,
         description="Profiles written per publishing transaction (short transactions keep the "
         "database's write lock free for requests).",
