@@ -16,7 +16,9 @@ sessions N times over. A named row of the ``leases`` table elects one holder ins
 - **Signals.** The processes that do not hold the lease still receive the requests that should
   wake the scheduler; they set ``signalled_at``, which the holder polls (:meth:`LeaseKeeper.poll`).
 - A holder that stops releases its lease (``expires_at`` in the past); one killed lets it expire
-  after at most ``ttl_s``.
+  after at most ``ttl_s``, or at once for a process of the same host and PID namespace (a
+  restart after ``kill -9``): the holder name says where it runs, and a process that no longer
+  exists holds nothing (:func:`is_dead`).
 """
 
 from __future__ import annotations
@@ -52,9 +54,37 @@ class LeaseLost(RuntimeError):
         self.holder = holder
 
 
+def _pid_namespace() -> str:
+    """This process's PID namespace (``pid:[inode]``), or ``-`` where it cannot be read."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return "-"
+
+
 def holder_id() -> str:
-    """A holder name unique to this process: ``host:pid:random``."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    """A holder name unique to this process: ``host|pid namespace|pid|random``."""
+    return f"{socket.gethostname()}|{_pid_namespace()}|{os.getpid()}|{secrets.token_hex(4)}"
+
+
+def is_dead(holder: str) -> bool:
+    """True when ``holder`` names a process of this host and PID namespace that no longer runs
+    (a holder killed before it could release its lease); False when unknown."""
+    parts = holder.split("|")
+    if len(parts) != 4 or parts[0] != socket.gethostname() or parts[1] != _pid_namespace():
+        return False
+    if parts[1] == "-" or not parts[2].isdigit():
+        return False
+    pid = int(parts[2])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _table() -> Table:
@@ -103,6 +133,24 @@ def try_acquire(db: Session, name: str, holder: str, ttl_s: float, now: datetime
         )
         .execution_options(synchronize_session=False)
     )
+    return bool(took.rowcount == 1)
+
+
+def take_from_dead(db: Session, name: str, holder: str, ttl_s: float, now: datetime) -> bool:
+    """Take lease ``name`` from a holder that :func:`is_dead` (one atomic compare-and-set on
+    that holder); True when taken."""
+    t = _table()
+    row = db.execute(select(t.c.holder, t.c.expires_at).where(t.c.name == name)).first()
+    if row is None or row.expires_at <= now or not is_dead(row.holder):
+        return False
+    took: CursorResult[Any] = db.execute(  # type: ignore[assignment]
+        update(t)
+        .where(t.c.name == name, t.c.holder == row.holder)
+        .values(holder=holder, expires_at=now + timedelta(seconds=ttl_s), acquired_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if took.rowcount == 1:
+        log.warning("lease %r taken from %s, which no longer runs", name, row.holder)
     return bool(took.rowcount == 1)
 
 
@@ -221,7 +269,10 @@ class LeaseKeeper:
         began = time.monotonic()
         try:
             with transaction(self.factory) as db:
-                ok = try_acquire(db, self.name, self.holder, self.ttl_s, self.clock())
+                now = self.clock()
+                ok = try_acquire(db, self.name, self.holder, self.ttl_s, now) or take_from_dead(
+                    db, self.name, self.holder, self.ttl_s, now
+                )
         except Exception:
             log.exception("lease %r: renewal failed", self.name)
             ok = False

@@ -272,3 +272,36 @@ def test_a_manual_run_defers_to_the_lease_holder_in_another_process(db_url: str)
             assert db.scalar(select(func.count()).select_from(ScheduleRun)) == 0
     finally:
         engine.dispose()
+
+
+def test_a_lease_of_a_process_that_no_longer_runs_is_taken_at_once(db_url: str) -> None:
+    """After ``kill -9`` and a restart on the same host the new process need not wait out the
+    TTL: the holder name says the holder ran here, and its process is gone."""
+    import socket
+    import subprocess
+
+    from api.lease import holder_id, is_dead
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    me = holder_id()
+    host, pidns, _pid, rand = me.split("|")
+    dead = f"{host}|{pidns}|{gone.pid}|{rand}"
+    assert is_dead(dead)
+    assert not is_dead(me)
+    assert not is_dead(f"{host}|{pidns}|{os.getppid()}|{rand}")  # runs
+    assert not is_dead(f"elsewhere-{socket.gethostname()}|{pidns}|{gone.pid}|{rand}")
+    assert not is_dead("not a holder name")
+    migrate(db_url)
+    engine = make_engine(db_url)
+    factory = make_sessionmaker(engine)
+    keeper = LeaseKeeper(factory, SCHEDULER_LEASE, 600.0)
+    try:
+        with transaction(factory) as db:
+            assert try_acquire(db, SCHEDULER_LEASE, dead, 600.0, utcnow())
+        assert keeper.start().held
+        with factory() as db:
+            assert current_holder(db, SCHEDULER_LEASE, utcnow()) == keeper.holder
+    finally:
+        keeper.stop()
+        engine.dispose()
