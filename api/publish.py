@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, text, update
@@ -365,6 +365,7 @@ def publish_in_chunks(
     forms: Mapping[str, dict[str, Any]],
     settings: Settings,
     lease: LeaseClaim | None = None,
+    now: datetime | None = None,
 ) -> list[str]:
     """Publish the changed profiles of ``forms`` in transactions of at most
     ``settings.publish_chunk_sessions`` sessions; returns the ids published.
@@ -378,14 +379,16 @@ def publish_in_chunks(
     - renews the scheduler's lease when ``lease`` is given (a process that lost it publishes
       nothing more: :class:`api.lease.LeaseLost`);
     - takes the publishers' lock (PostgreSQL), so cursors commit in increasing order;
-    - leaves out sessions a demand-response curtailment holds now, and sessions whose profile
-      was cleared (the session ended) since the comparison.
+    - leaves out sessions a demand-response curtailment holds at that time (``now``, the run's
+      time, plus the time spent publishing so far), and sessions whose profile was cleared (the
+      session ended) since the comparison.
 
     Short transactions keep the database's write lock free for request handling. SQLite has
     one writer at a time, and a request that finds the lock taken waits by sleeping in growing
     steps (1, 2, 5, 10 ... ms): on SQLite each chunk is followed by a pause as long as it took,
     so that the requests' writes get the lock at least half of the time.
     """
+    began_at, t_start = now or utcnow(), time.perf_counter()
     ids = sorted(forms)
     published: dict[str, _Published] = {}
     with factory() as db:
@@ -418,7 +421,7 @@ def publish_in_chunks(
             _lock(db)
             if lease is not None:
                 lease.confirm(db)
-            held = held_sessions(db, utcnow())
+            held = held_sessions(db, began_at + timedelta(seconds=time.perf_counter() - t_start))
             rows = {
                 p.session_id: p
                 for p in db.scalars(select(Profile).where(Profile.session_id.in_(part)))
@@ -527,7 +530,8 @@ def reoptimise(
         db.add(run)
     changed: list[str] = []
     if schedule is not None:
-        changed = publish_in_chunks(factory, run, schedule.get("profiles", {}), settings, lease)
+        forms = schedule.get("profiles", {})
+        changed = publish_in_chunks(factory, run, forms, settings, lease, now)
         run.status, run.published = schedule["status"], True
     run.time_s = round(time.perf_counter() - t0, 4)
     with transaction(factory) as db:
