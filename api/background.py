@@ -291,5 +291,5 @@ def start_loops(app: Any, settings: Settings) -> list[Any]:
         loops.append(outbox)
     from api.dr import RestoreLoop  # demand response: restore at the settlement-period end
 
-    loops.append(RestoreLoop(factory, settings).start())
+    loops.append(RestoreLoop(factory, settings, lease=lease).start())
     return loops

@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.bulk import Encoded, dumps, insert_rows, loads, reserve_ids
 from api.db import transaction, utcnow
+from api.lease import LeaseKeeper
 from api.live import build_live_scenario, held_sessions
 from api.metrics import REGISTRY
 from api.models import (
@@ -1336,13 +1337,20 @@ class Restorer:
 
 
 class RestoreLoop:
-    """Daemon thread running :meth:`Restorer.step` every ``tick_s``."""
+    """Daemon thread running :meth:`Restorer.step` every ``tick_s``; with ``lease`` (the
+    scheduler's, api/lease.py) only while this process holds it, so that one process of a
+    deployment prepares and publishes the restore plans."""
 
     def __init__(
-        self, factory: sessionmaker[Session], settings: Settings, tick_s: float = 0.5
+        self,
+        factory: sessionmaker[Session],
+        settings: Settings,
+        tick_s: float = 0.5,
+        lease: LeaseKeeper | None = None,
     ) -> None:
         self.restorer = Restorer(factory, settings)
         self.tick_s = tick_s
+        self.lease = lease
         self.errors = 0
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="dr-restore", daemon=True)
@@ -1359,7 +1367,8 @@ class RestoreLoop:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.restorer.step(utcnow())
+                if self.lease is None or self.lease.held:
+                    self.restorer.step(utcnow())
             except Exception:
                 self.errors += 1
                 log.exception("demand-response restore failed; retrying")

@@ -305,3 +305,34 @@ def test_a_lease_of_a_process_that_no_longer_runs_is_taken_at_once(db_url: str) 
     finally:
         keeper.stop()
         engine.dispose()
+
+
+def test_demand_response_restores_run_only_in_the_lease_holder(db_url: str) -> None:
+    from api.dr import RestoreLoop
+
+    migrate(db_url)
+    engine = make_engine(db_url)
+    factory = make_sessionmaker(engine)
+    settings = live_settings(db_url)
+    holder = LeaseKeeper(factory, SCHEDULER_LEASE, 30.0, holder="a").start()
+    other = LeaseKeeper(factory, SCHEDULER_LEASE, 30.0, holder="b").start()
+    steps: dict[str, int] = {"a": 0, "b": 0}
+    loops = []
+    try:
+        for name, lease in (("a", holder), ("b", other)):
+            loop = RestoreLoop(factory, settings, tick_s=0.02, lease=lease)
+
+            def step(_now: Any, name: str = name) -> list[int]:
+                steps[name] += 1
+                return []
+
+            loop.restorer.step = step  # type: ignore[method-assign]
+            loops.append(loop.start())
+        time.sleep(0.5)
+    finally:
+        for loop in loops:
+            loop.stop()
+        holder.stop()
+        other.stop()
+        engine.dispose()
+    assert steps["a"] > 5 and steps["b"] == 0
