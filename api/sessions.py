@@ -978,6 +978,7 @@ def put_session(
 
     The session object is replaced only when ``last_updated`` is not older than the stored one;
     the state (``kwh`` at ``last_updated``) is offered to :func:`store_states` either way.
+    ``token_key`` keys the hash the token uid is stored as (:mod:`api.tokens`).
 
     Raises
     ------
@@ -1059,6 +1060,7 @@ def patch_session(
     Fields given replace the stored ones (when ``last_updated`` is not older than the stored
     one); ``charging_periods`` are merged by ``start_date_time``. A state is recorded when the
     PATCH carries ``kwh`` (cumulative, at ``last_updated``); without ``kwh`` none is.
+    ``token_key`` keys the hash a new token uid is stored as (:mod:`api.tokens`).
 
     This is the hot path of the service (one PATCH per session every 5 minutes), so it works
     in SQLAlchemy Core on the session's connection with prebuilt statements: one ``SELECT``
