@@ -419,6 +419,14 @@ def publish_in_chunks(
         began = time.perf_counter()
         with transaction(factory) as db:
             _lock(db)
+            # a write first: on SQLite the transaction then holds the write lock before it
+            # reads (a read snapshot could not be upgraded once another process wrote)
+            db.execute(
+                update(ScheduleRun)
+                .where(ScheduleRun.id == run.id)
+                .values(time_s=round(time.perf_counter() - t_start, 4))
+                .execution_options(synchronize_session=False)
+            )
             if lease is not None:
                 lease.confirm(db)
             held = held_sessions(db, began_at + timedelta(seconds=time.perf_counter() - t_start))
