@@ -385,8 +385,9 @@ def publish_in_chunks(
 
     Short transactions keep the database's write lock free for request handling. SQLite has
     one writer at a time, and a request that finds the lock taken waits by sleeping in growing
-    steps (1, 2, 5, 10 ... ms): on SQLite each chunk is followed by a pause as long as it took,
-    so that the requests' writes get the lock at least half of the time.
+    steps (1, 2, 5, 10 ... ms): on SQLite each chunk is followed by a pause, so that the
+    publisher holds the lock at most ``publish_write_share`` of the time (default a quarter: at
+    500 updates per second the requests need the lock most of the time).
     """
     began_at, t_start = now or utcnow(), time.perf_counter()
     ids = sorted(forms)
@@ -413,8 +414,8 @@ def publish_in_chunks(
     wrote_s = longest_s = 0.0
     done: list[str] = []
     for k in range(0, len(order), size):
-        if k and single_writer:
-            time.sleep(wrote_s)  # hold SQLite's one write lock at most half of the time
+        if k and single_writer:  # hold SQLite's one write lock at most this share of the time
+            time.sleep(wrote_s * (1.0 / settings.publish_write_share - 1.0))
         part = order[k : k + size]
         began = time.perf_counter()
         with transaction(factory) as db:

@@ -124,6 +124,13 @@ class Settings(BaseSettings):
         description="Profiles written per publishing transaction (short transactions keep the "
         "database's write lock free for requests).",
     )
+    publish_write_share: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        description="SQLite only: the share of the time publishing may hold the database's one "
+        "write lock (each chunk is followed by a pause; 1 = no pause).",
+    )
     token_secret: SecretStr | None = Field(
         default=None,
         description="Key of the HMAC-SHA-256 that token uids are stored as (api/tokens.py). "
