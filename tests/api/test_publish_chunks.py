@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from api.db import make_engine, make_sessionmaker, migrate, transaction
@@ -101,3 +102,46 @@ def test_a_run_in_small_chunks_publishes_everything(db_url: str) -> None:
             assert sorted(c.session_id for c in changes) == ["s-1", "s-2", "s-3", "s-4"]
     finally:
         engine.dispose()
+
+
+class _Clock:
+    """A stand-in for the ``time`` module: every reading advances 10 ms; sleeps are recorded."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def perf_counter(self) -> float:
+        self.now += 0.01
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+
+
+def test_on_sqlite_chunks_are_followed_by_pauses_for_the_write_share(
+    db_url: str, monkeypatch: Any
+) -> None:
+    import api.publish as publish
+
+    migrate(db_url)
+    engine = make_engine(db_url)
+    factory = make_sessionmaker(engine)
+    pauses: dict[float, list[float]] = {}
+    try:
+        for k, share in enumerate((0.25, 0.5)):
+            clock = _Clock()
+            monkeypatch.setattr(publish, "time", clock)
+            settings = live_settings(db_url, publish_chunk_sessions=1, publish_write_share=share)
+            three = {s: forms([10.0 + k]) for s in ("a", "b", "c")}
+            assert publish_in_chunks(factory, _run(factory), three, settings) == ["a", "b", "c"]
+            pauses[share] = clock.sleeps
+    finally:
+        engine.dispose()
+    if engine.dialect.name != "sqlite":
+        assert pauses == {0.25: [], 0.5: []}  # one writer at a time is SQLite's limit only
+        return
+    # a pause before each chunk after the first, (1 / share - 1) times the chunk's duration
+    assert len(pauses[0.25]) == len(pauses[0.5]) == 2
+    assert pauses[0.5][0] > 0
+    assert pauses[0.25] == pytest.approx([3 * p for p in pauses[0.5]])
