@@ -160,7 +160,7 @@ def _single_worker(
 
 
 def load_single(
-    url: str, key: str, ids: list[str], rate: float, seconds: float, out: Any, clients: int = 4
+    url: str, key: str, ids: list[str], rate: float, seconds: float, clients: int, out: Any
 ) -> None:
     """``clients`` pacing processes sharing ``rate`` requests per second; latency percentiles."""
     ctx = multiprocessing.get_context("spawn")
@@ -195,6 +195,7 @@ def load_single(
 
 
 def in_process(target: Any, *args: Any) -> dict[str, Any]:
+    """``target(*args, queue)`` in a new process; returns what it put on the queue."""
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
     p = ctx.Process(target=target, args=(*args, q))
@@ -263,6 +264,7 @@ def bench(
     postgres: str | None = None,
     rate: float = 500.0,
     replan_every_s: float = 10.0,
+    clients: int = 4,
 ) -> dict[str, Any]:
     from api.db import make_engine, make_sessionmaker, migrate, transaction
     from api.security import create_key
@@ -285,7 +287,7 @@ def bench(
         t_load = datetime.now(UTC)
         bulk = in_process(load_bulk, url, keys["csms"], ids, seconds)
         cpu0 = cpu_s(proc.pid)
-        single = in_process(load_single, url, keys["csms"], ids, rate, seconds)
+        single = in_process(load_single, url, keys["csms"], ids, rate, seconds, clients)
         cpu1 = cpu_s(proc.pid)
         if cpu0 is not None and cpu1 is not None and workers == 1:
             # the request process only (a scheduler child's CPU is not in it)
@@ -322,6 +324,14 @@ def main() -> None:
     )
     ap.add_argument("--no-background", action="store_true", help="skip the run with it on")
     ap.add_argument(
+        "--clients",
+        type=int,
+        default=4,
+        help="pacing client processes (one keep-alive connection each) for the single updates; "
+        "with --workers N use several per worker: uvicorn's workers share the listening socket "
+        "and a connection stays with the worker that accepted it",
+    )
+    ap.add_argument(
         "--replan-every",
         type=float,
         default=10.0,
@@ -340,6 +350,7 @@ def main() -> None:
             args.postgres,
             args.rate,
             args.replan_every,
+            args.clients,
         )
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -351,6 +362,7 @@ def main() -> None:
         f"{'s' if args.workers > 1 else ''}, {'PostgreSQL' if args.postgres else 'SQLite'}); "
         "load from separate processes over loopback; "
         f"{args.sessions:,} active sessions; {args.seconds:.0f} s per load; single updates "
+        f"from {args.clients} client processes "
         f"offered at {args.rate:g}/s; with the scheduler on, a re-plan of every session starts "
         f"{args.replan_every:g} s after the previous one ended. "
         "Targets: bulk ≥ 2,000 states/s; single updates p99 < 100 ms at 500/s.\n",
