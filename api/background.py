@@ -1,12 +1,18 @@
 """Background loops of the service: the scheduler (re-optimise on events and periodically) and
 the outbox worker (:mod:`api.outbox`). Both are daemon threads with ``stop()``; with
-``scheduler_process`` (the default on PostgreSQL) the scheduler thread has each run done by a
-child process (:class:`ChildScheduler`)."""
+``scheduler_process`` (the default) the scheduler thread has each run done by a child process
+at lower CPU priority (:class:`ChildScheduler`).
+
+Of all the processes sharing a database (``gridcharge serve --workers N``, several hosts), only
+the holder of the scheduler lease (:mod:`api.lease`) re-optimises; the others pass the events
+they see on to it through the lease row."""
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -17,8 +23,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db import make_engine, make_sessionmaker, utcnow
+from api.db import make_engine, make_sessionmaker, transaction, utcnow
 from api.events import Events
+from api.lease import SCHEDULER_LEASE, LeaseClaim, LeaseKeeper, signal
 from api.metrics import ACTIVE_SESSIONS, FALLBACKS, REJECTED_SCHEDULES, SOLVE_SECONDS
 from api.outbox import OutboxWorker
 from api.publish import reoptimise, update_gauges
@@ -49,14 +56,19 @@ class SchedulerLoop:
         events: Events,
         after_run: Callable[[], None] | None = None,
         clock: Callable[[], datetime] = utcnow,
+        lease: LeaseKeeper | None = None,
     ) -> None:
         self.factory = factory
         self.settings = settings
         self.events = events
         self.after_run = after_run
         self.clock = clock
+        self.lease = lease
         self.runs = 0
         self.errors = 0
+        self.skipped = 0
+        self.run_lock = threading.Lock()
+        """Held by every run of this process (the loop's and ``POST /v1/schedule-runs``)."""
         self._stop = threading.Event()
         self.child = ChildScheduler(settings) if settings.scheduler_in_child else None
         self.thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
@@ -71,15 +83,23 @@ class SchedulerLoop:
             self.thread.join(timeout_s)
         if self.child is not None:
             self.child.close()
+        if self.lease is not None:
+            self.lease.stop()
 
     def run_once(self) -> None:
-        """One re-optimisation; failures are logged, never raised."""
+        """One re-optimisation (only while this process holds the lease, when it has one);
+        failures are logged, never raised."""
+        if self.lease is not None and not self.lease.held:
+            self.skipped += 1
+            return
+        claim = self.lease.claim() if self.lease is not None else None
         try:
-            if self.child is not None:
-                self.child.reoptimise(self.clock(), self._stop)
-                update_gauges(self.factory)
-            else:
-                reoptimise(self.factory, self.settings, self.clock())
+            with self.run_lock:
+                if self.child is not None:
+                    self.child.reoptimise(self.clock(), self._stop, claim)
+                    update_gauges(self.factory)
+                else:
+                    reoptimise(self.factory, self.settings, self.clock(), claim)
             self.runs += 1
         except Exception:
             self.errors += 1
@@ -103,9 +123,26 @@ class SchedulerLoop:
                 return
             self._stop.wait(min(left, TICK_S))
 
+    def _relay(self) -> bool:
+        """Pass this process's events to the lease holder when it is another process; True
+        when this process is not the holder (it then does not run)."""
+        if self.lease is None or self.lease.held:
+            return False
+        if self.events.drain():
+            try:
+                with transaction(self.factory) as db:
+                    signal(db, self.lease.name, self.clock())
+            except Exception:
+                log.exception("could not signal the scheduler's lease holder")
+        return True
+
     def _run(self) -> None:
         due = time.monotonic()
         while not self._stop.is_set():
+            if self._relay():
+                self._stop.wait(TICK_S)
+                due = time.monotonic()  # run at once when the lease comes to this process
+                continue
             wait_s = due - time.monotonic()
             if wait_s > 0 and not self.events.wait(min(wait_s, TICK_S)):
                 continue
@@ -123,18 +160,21 @@ class SchedulerLoop:
 
 
 def _child_main(conn: Connection, settings_json: str) -> None:
-    """The child process of :class:`ChildScheduler`: one :func:`reoptimise` per request."""
+    """The child process of :class:`ChildScheduler`: one :func:`reoptimise` per request
+    ``(now, lease claim or None)``, at ``scheduler_nice`` lower CPU priority."""
     settings = Settings.model_validate_json(settings_json)
+    if settings.scheduler_nice and hasattr(os, "nice"):
+        os.nice(settings.scheduler_nice)
     engine = make_engine(settings.database_url)
     factory = make_sessionmaker(engine)
     try:
         while True:
             try:
-                now = conn.recv()
+                now, claim = conn.recv()
             except EOFError:
                 return
             try:
-                run = reoptimise(factory, settings, now)
+                run = reoptimise(factory, settings, now, claim)
                 conn.send(
                     {
                         "published": run.published,
@@ -166,9 +206,13 @@ class ChildScheduler:
             self.close()
             ctx = multiprocessing.get_context("spawn")
             parent, child = ctx.Pipe()
+            fields = self.settings.model_dump(mode="json")
+            if self.settings.token_secret is not None:  # dumped masked: pass the value itself
+                fields["token_secret"] = self.settings.token_secret.get_secret_value()
+            settings_json = json.dumps(fields)
             proc = ctx.Process(
                 target=_child_main,
-                args=(child, self.settings.model_dump_json()),
+                args=(child, settings_json),
                 name="gridcharge-scheduler",
                 daemon=True,
             )
@@ -177,8 +221,10 @@ class ChildScheduler:
             self._proc, self._conn = proc, parent
         return self._conn
 
-    def reoptimise(self, now: datetime, stop: threading.Event) -> dict[str, Any]:
-        """One run at ``now``; returns the child's summary.
+    def reoptimise(
+        self, now: datetime, stop: threading.Event, lease: LeaseClaim | None = None
+    ) -> dict[str, Any]:
+        """One run at ``now`` (under ``lease``, when given); returns the child's summary.
 
         Raises
         ------
@@ -186,7 +232,7 @@ class ChildScheduler:
             The run failed in the child, the child died, or ``stop`` was set meanwhile.
         """
         conn = self._ensure()
-        conn.send(now)
+        conn.send((now, lease))
         while not conn.poll(TICK_S):
             if stop.is_set():
                 raise RuntimeError("stopped while re-optimising")
@@ -226,13 +272,24 @@ def start_loops(app: Any, settings: Settings) -> list[Any]:
     outbox: OutboxWorker | None = None
     if settings.cpo_url:
         outbox = OutboxWorker(factory, settings).start()
-    scheduler = SchedulerLoop(
-        factory, settings, events, after_run=outbox.wake if outbox is not None else None
+    lease = LeaseKeeper(
+        factory,
+        SCHEDULER_LEASE,
+        settings.scheduler_lease_ttl_s,
+        on_signal=lambda: events.notify("other process"),
     ).start()
+    scheduler = SchedulerLoop(
+        factory,
+        settings,
+        events,
+        after_run=outbox.wake if outbox is not None else None,
+        lease=lease,
+    ).start()
+    app.state.scheduler_loop = scheduler  # POST /v1/schedule-runs runs under its lease
     loops.append(scheduler)
     if outbox is not None:
         loops.append(outbox)
     from api.dr import RestoreLoop  # demand response: restore at the settlement-period end
 
-    loops.append(RestoreLoop(factory, settings).start())
+    loops.append(RestoreLoop(factory, settings, lease=lease).start())
     return loops

@@ -44,6 +44,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.bulk import dumps, insert_columns, insert_rows, loads, reserve_ids
 from api.db import transaction, utcnow
 from api.dr_batch import Batch, render_batch
+from api.lease import LeaseKeeper
 from api.live import build_live_scenario, held_sessions
 from api.metrics import REGISTRY
 from api.models import (
@@ -1397,13 +1398,20 @@ class Restorer:
 
 
 class RestoreLoop:
-    """Daemon thread running :meth:`Restorer.step` every ``tick_s``."""
+    """Daemon thread running :meth:`Restorer.step` every ``tick_s``; with ``lease`` (the
+    scheduler's, api/lease.py) only while this process holds it, so that one process of a
+    deployment prepares and publishes the restore plans."""
 
     def __init__(
-        self, factory: sessionmaker[Session], settings: Settings, tick_s: float = 0.5
+        self,
+        factory: sessionmaker[Session],
+        settings: Settings,
+        tick_s: float = 0.5,
+        lease: LeaseKeeper | None = None,
     ) -> None:
         self.restorer = Restorer(factory, settings)
         self.tick_s = tick_s
+        self.lease = lease
         self.errors = 0
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="dr-restore", daemon=True)
@@ -1420,7 +1428,8 @@ class RestoreLoop:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.restorer.step(utcnow())
+                if self.lease is None or self.lease.held:
+                    self.restorer.step(utcnow())
             except Exception:
                 self.errors += 1
                 log.exception("demand-response restore failed; retrying")

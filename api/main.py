@@ -28,6 +28,7 @@ from api.routes import (
     topology,
 )
 from api.settings import Settings, get_settings
+from api.tokens import rekey_stored_hashes, token_key
 
 DESCRIPTION = """
 gridcharge schedules EV charging under every grid limit. CSMS platforms send OCPI 2.2.1
@@ -74,6 +75,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = cfg
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
+        try:  # api/tokens.py; a refused key stops the start
+            app.state.token_key = token_key(app.state.sessionmaker, cfg)
+            rekey_stored_hashes(app.state.sessionmaker, app.state.token_key)
+        except Exception:
+            engine.dispose()
+            raise
         app.state.key_cache = {}
         app.state.events = Events()
         app.state.jobs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobs")

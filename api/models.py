@@ -205,4 +205,5 @@ class Setting(Base):
 # The demand-response and forecasting-registry tables live in their own modules; importing them
 # here puts them in the same metadata wherever these models are used (migrations check, ORM).
 import api.models_dr  # noqa: E402
-import api.models_forecast  # noqa: E402, F401
+import api.models_forecast  # noqa: E402
+import api.models_lease  # noqa: E402, F401  (the scheduler lease: api/lease.py)

@@ -10,10 +10,14 @@ One run (:func:`reoptimise`):
    reason (counted in ``FALLBACKS``; so is the solver's own built-in fallback);
 4. if neither is publishable, publish nothing (``REJECTED_SCHEDULES``): the profiles published
    before stay in force, so a connector with a session keeps its last valid profile;
-5. publish in ONE transaction: a :class:`ScheduleRun`; for every session whose profile changed a
-   :class:`ProfileChange` (the cursor) and the upserted :class:`Profile`; with ``cpo_url`` set an
-   :class:`OutboxItem` per changed session (older pending items of the session are superseded).
-   Sessions a demand-response curtailment holds at ``now`` are left out (:mod:`api.dr`).
+5. publish: a :class:`ScheduleRun` (``published`` set once every profile is written); for
+   every session whose profile changed a :class:`ProfileChange` (the cursor) and the upserted
+   :class:`Profile`; with ``cpo_url`` set an :class:`OutboxItem` per changed session (older
+   pending items of the session are superseded). The profiles are written in short
+   transactions of ``publish_chunk_sessions`` sessions, profiles that lower limits first
+   (:func:`publish_in_chunks`), so that request handling is never kept waiting for the
+   database's write lock for long. Sessions a demand-response curtailment holds at the time a
+   chunk is written are left out (:mod:`api.dr`).
 
 A profile *changed* when its limits from the new profile's start on differ from the published
 one's (as piecewise-constant functions of absolute time, from the OCPI form), or it ends at
@@ -28,13 +32,14 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.db import transaction, utcnow
+from api.lease import LeaseClaim
 from api.live import build_live_scenario, held_sessions
 from api.metrics import (
     ACTIVE_SESSIONS,
@@ -61,6 +66,8 @@ PUBLISH_LOCK_ID = 0x6763_7075_626C
 """PostgreSQL advisory lock serialising publishers, so cursors commit in increasing order."""
 IN_CHUNK = 500
 """Ids per ``IN (...)`` clause."""
+PUBLISHING = "publishing"
+"""Status of a run while its profiles are being written (its own status once all are)."""
 
 
 @dataclass
@@ -219,6 +226,19 @@ def _lock(db: Session) -> None:
         db.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PUBLISH_LOCK_ID})
 
 
+def _changed(
+    forms: Mapping[str, dict[str, Any]], current: Mapping[str, Profile | _Published]
+) -> list[str]:
+    """The sessions of ``forms`` whose profile differs from the published one (module doc)."""
+    return [
+        sid
+        for sid in sorted(forms)
+        if sid not in current
+        or current[sid].cleared_at is not None  # a re-opened session (api/clearing.py)
+        or not same_from_start(forms[sid]["ocpi"], current[sid].ocpi)
+    ]
+
+
 def publish_profiles(
     db: Session, run: ScheduleRun, schedule: dict[str, Any], settings: Settings
 ) -> list[str]:
@@ -227,21 +247,29 @@ def publish_profiles(
     Runs inside the caller's transaction, after ``run`` was flushed (it needs ``run.id``).
     """
     forms: dict[str, dict[str, Any]] = schedule.get("profiles", {})
-    ids = sorted(forms)
     current: dict[str, Profile] = {}
-    for chunk in _chunks(ids):
+    for chunk in _chunks(sorted(forms)):
         for p in db.scalars(select(Profile).where(Profile.session_id.in_(chunk))):
             current[p.session_id] = p
-    changed = [
-        sid
-        for sid in ids
-        if sid not in current
-        or current[sid].cleared_at is not None  # a re-opened session (api/clearing.py)
-        or not same_from_start(forms[sid]["ocpi"], current[sid].ocpi)
-    ]
+    changed = _changed(forms, current)
+    _write_profiles(db, run.id, run.step_s, forms, changed, current, settings)
+    return changed
+
+
+def _write_profiles(
+    db: Session,
+    run_id: int,
+    step_s: int,
+    forms: Mapping[str, dict[str, Any]],
+    changed: list[str],
+    current: Mapping[str, Profile],
+    settings: Settings,
+) -> None:
+    """Write the cursors, profiles and outbox items of the ``changed`` sessions (``current``:
+    their loaded :class:`Profile` rows, where they have one)."""
     if not changed:
-        return []
-    changes = [ProfileChange(session_id=sid, run_id=run.id) for sid in changed]
+        return
+    changes = [ProfileChange(session_id=sid, run_id=run_id) for sid in changed]
     db.add_all(changes)
     db.flush()  # assigns the cursors
     now = utcnow()
@@ -250,8 +278,8 @@ def publish_profiles(
         form = forms[sid]
         values = {
             "cursor": change.cursor,
-            "run_id": run.id,
-            "limits_a": step_limits_a(form["ocpi"], run.step_s),
+            "run_id": run_id,
+            "limits_a": step_limits_a(form["ocpi"], step_s),
             "ocpi": form["ocpi"],
             "ocpp16": form["ocpp16"],
             "ocpp201": form["ocpp201"],
@@ -291,7 +319,144 @@ def publish_profiles(
                 "charging_profile": forms[item.session_id]["ocpi"],
                 "response_url": f"{base}/v1/profiles/results/{item.id}",
             }
-    return changed
+
+
+@dataclass(frozen=True)
+class _Published:
+    """What the comparison needs of a published profile (read before the chunks are written)."""
+
+    ocpi: dict[str, Any]
+    cleared_at: datetime | None
+
+
+def raises_limit(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
+    """True when the OCPI profile ``new`` allows more current than ``old`` at some time from
+    ``new``'s start on. Where ``old`` is not in force (``old`` None: a session without a
+    profile; before it begins or after it ends) the charger draws its maximum, which no
+    profile raises.
+    """
+    if old is None:
+        return False
+    n_seg, n_end = ocpi_segments(new)
+    o_seg, o_end = ocpi_segments(old)
+    start = n_seg[0][0]
+    if o_end < n_end:  # after the old profile ends the charger falls back to its maximum
+        n_end = o_end
+    n_from, o_from = _from(n_seg, start, n_end), _from(o_seg, start, n_end)
+    if not n_from or not o_from:
+        return False  # where no old profile is in force the charger is at its maximum
+    cuts = sorted({t for t, _ in n_from} | {t for t, _ in o_from})
+    i = j = 0
+    for t in cuts:
+        if t < o_from[0][0]:
+            continue  # before the old profile begins: at its maximum
+        while i + 1 < len(n_from) and n_from[i + 1][0] <= t:
+            i += 1
+        while j + 1 < len(o_from) and o_from[j + 1][0] <= t:
+            j += 1
+        if n_from[i][1] > o_from[j][1] + 1e-9:
+            return True
+    return False
+
+
+def publish_in_chunks(
+    factory: sessionmaker[Session],
+    run: ScheduleRun,
+    forms: Mapping[str, dict[str, Any]],
+    settings: Settings,
+    lease: LeaseClaim | None = None,
+    now: datetime | None = None,
+) -> list[str]:
+    """Publish the changed profiles of ``forms`` in transactions of at most
+    ``settings.publish_chunk_sessions`` sessions; returns the ids published.
+
+    Every profile written was checked with the whole schedule before (:func:`choose_schedule`),
+    so a session always holds either its previous valid profile or its new one, never nothing.
+    Sessions whose new profile lowers their limits (or that had none) are published before
+    those whose limits rise, so that while old and new profiles are both in force, a shared limit
+    sees the lower of the two sooner. Each chunk transaction:
+
+    - renews the scheduler's lease when ``lease`` is given (a process that lost it publishes
+      nothing more: :class:`api.lease.LeaseLost`);
+    - takes the publishers' lock (PostgreSQL), so cursors commit in increasing order;
+    - leaves out sessions a demand-response curtailment holds at that time (``now``, the run's
+      time, plus the time spent publishing so far), and sessions whose profile was cleared (the
+      session ended) since the comparison.
+
+    Short transactions keep the database's write lock free for request handling. SQLite has
+    one writer at a time, and a request that finds the lock taken waits by sleeping in growing
+    steps (1, 2, 5, 10 ... ms): on SQLite each chunk is followed by a pause, so that the
+    publisher holds the lock at most ``publish_write_share`` of the time (default a quarter: at
+    500 updates per second the requests need the lock most of the time).
+    """
+    began_at, t_start = now or utcnow(), time.perf_counter()
+    ids = sorted(forms)
+    published: dict[str, _Published] = {}
+    with factory() as db:
+        for chunk in _chunks(ids):
+            for sid, ocpi, cleared_at in db.execute(
+                select(Profile.session_id, Profile.ocpi, Profile.cleared_at).where(
+                    Profile.session_id.in_(chunk)
+                )
+            ):
+                published[sid] = _Published(ocpi, cleared_at)
+    changed = _changed(forms, published)
+    order = sorted(
+        changed,
+        key=lambda sid: raises_limit(
+            forms[sid]["ocpi"],
+            published[sid].ocpi if sid in published and published[sid].cleared_at is None else None,
+        ),
+    )
+    size = settings.publish_chunk_sessions
+    bind = factory.kw.get("bind")
+    single_writer = bind is not None and bind.dialect.name == "sqlite"
+    wrote_s = longest_s = 0.0
+    done: list[str] = []
+    for k in range(0, len(order), size):
+        if k and single_writer:  # hold SQLite's one write lock at most this share of the time
+            time.sleep(wrote_s * (1.0 / settings.publish_write_share - 1.0))
+        part = order[k : k + size]
+        began = time.perf_counter()
+        with transaction(factory) as db:
+            _lock(db)
+            # a write first: on SQLite the transaction then holds the write lock before it
+            # reads (a read snapshot could not be upgraded once another process wrote)
+            db.execute(
+                update(ScheduleRun)
+                .where(ScheduleRun.id == run.id)
+                .values(time_s=round(time.perf_counter() - t_start, 4))
+                .execution_options(synchronize_session=False)
+            )
+            if lease is not None:
+                lease.confirm(db)
+            held = held_sessions(db, began_at + timedelta(seconds=time.perf_counter() - t_start))
+            rows = {
+                p.session_id: p
+                for p in db.scalars(select(Profile).where(Profile.session_id.in_(part)))
+            }
+            keep = [
+                sid
+                for sid in part
+                if sid not in held
+                and not (
+                    sid in rows
+                    and rows[sid].cleared_at is not None
+                    and (sid not in published or published[sid].cleared_at is None)
+                )
+            ]
+            _write_profiles(db, run.id, run.step_s, forms, sorted(keep), rows, settings)
+        wrote_s = time.perf_counter() - began
+        longest_s = max(longest_s, wrote_s)
+        done.extend(keep)
+    if order:
+        log.info(
+            "published %d profile(s) in %d transaction(s), the longest %.1f ms",
+            len(done),
+            -(-len(order) // size),
+            1000 * longest_s,
+        )
+    return sorted(done)
 
 
 def _root_power(schedule: Mapping[str, Any], scenario: Mapping[str, Any]) -> dict[str, list[float]]:
@@ -313,7 +478,10 @@ def update_gauges(factory: sessionmaker[Session]) -> None:
 
 
 def reoptimise(
-    factory: sessionmaker[Session], settings: Settings, now: datetime | None = None
+    factory: sessionmaker[Session],
+    settings: Settings,
+    now: datetime | None = None,
+    lease: LeaseClaim | None = None,
 ) -> ScheduleRun:
     """Schedule the live sessions at ``now`` and publish what changed (see the module doc).
 
@@ -325,51 +493,65 @@ def reoptimise(
         Grid, solver, CPO and outbox settings.
     now : datetime, optional
         Aware time of the run (default: the current time); only the grid depends on it.
+    lease : LeaseClaim, optional
+        The scheduler's lease this run works under: every write renews it, and a run whose
+        process lost it stops publishing (:class:`api.lease.LeaseLost`).
 
     Returns
     -------
     ScheduleRun
-        The stored run; ``published`` is False when no schedule passed the checker.
+        The stored run; ``published`` is False when no schedule passed the checker (or the run
+        was cut short while publishing).
 
     Raises
     ------
     optimizer.errors.ScenarioError
         The live data does not form a valid scenario (nothing is published).
+    api.lease.LeaseLost
+        ``lease`` was lost; the profiles published before stay in force.
     """
     t0 = time.perf_counter()
     now = now or utcnow()
     with factory() as db:
         scenario = build_live_scenario(db, settings, now)
-        held = held_sessions(db, now)  # demand response holds these at their minimum
     ACTIVE_SESSIONS.set(len(scenario["sessions"]))
     net = compile_network(parse_scenario(scenario))
     choice = choose_schedule(scenario, net, settings)
     schedule = choice.schedule
     grid_start = datetime.fromisoformat(scenario["grid"]["start"])
     with transaction(factory) as db:
-        _lock(db)
+        if lease is not None:
+            lease.confirm(db)
         run = ScheduleRun(
             grid_start=grid_start,
             step_s=settings.step_s,
             steps=settings.horizon_steps,
-            status=schedule["status"] if schedule else "rejected",
+            status=PUBLISHING if schedule else "rejected",
             method=schedule["method"] if schedule else "none",
             objective=(schedule.get("solver") or {}).get("objective") if schedule else None,
             reason=choice.reason,
             sessions=len(scenario["sessions"]),
             violations=len(schedule["violations"]) if schedule else 0,
-            published=schedule is not None,
+            published=False,
             kpis=schedule["kpis"] if schedule else {},
             region_power_kw=_root_power(schedule, scenario) if schedule else {},
         )
         db.add(run)
-        db.flush()
-        if schedule and held:
-            kept = {s: f for s, f in schedule.get("profiles", {}).items() if s not in held}
-            changed = publish_profiles(db, run, {**schedule, "profiles": kept}, settings)
-        else:
-            changed = publish_profiles(db, run, schedule, settings) if schedule else []
-        run.time_s = round(time.perf_counter() - t0, 4)
+    changed: list[str] = []
+    if schedule is not None:
+        forms = schedule.get("profiles", {})
+        changed = publish_in_chunks(factory, run, forms, settings, lease, now)
+        run.status, run.published = schedule["status"], True
+    run.time_s = round(time.perf_counter() - t0, 4)
+    with transaction(factory) as db:
+        if lease is not None:
+            lease.confirm(db)
+        db.execute(
+            update(ScheduleRun)
+            .where(ScheduleRun.id == run.id)
+            .values(status=run.status, published=run.published, time_s=run.time_s)
+            .execution_options(synchronize_session=False)
+        )
     elapsed = time.perf_counter() - t0
     SOLVE_SECONDS.observe(elapsed)
     if schedule is None:

@@ -20,7 +20,6 @@ State semantics (also in ``docs/api-sessions.md``):
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ from sqlalchemy.orm import Session
 
 from api.db import UTCDateTime
 from api.models import ChargingSession, Connector, SessionState
+from api.tokens import token_hash
 
 MAX_BULK_STATES = 10_000
 """Most states one ``POST /v1/session-states`` may carry."""
@@ -757,11 +757,6 @@ def meter_states(items: Sequence[StateIn]) -> list[MeterState]:
 # OCPI sessions
 
 
-def token_hash(uid: str) -> str:
-    """SHA-256 of the token uid, upper-cased first (an OCPI CiString is case-insensitive)."""
-    return hashlib.sha256(uid.upper().encode("utf-8")).hexdigest()
-
-
 @dataclass(frozen=True)
 class SessionView:
     """The session fields an OCPI answer reports, as stored after the request."""
@@ -976,11 +971,14 @@ def put_session(
     session_id: str,
     body: OcpiSession,
     now: datetime,
+    *,
+    token_key: bytes,
 ) -> SessionResult:
     """Create or replace a session from a full OCPI Session (PUT) and record its state.
 
     The session object is replaced only when ``last_updated`` is not older than the stored one;
     the state (``kwh`` at ``last_updated``) is offered to :func:`store_states` either way.
+    ``token_key`` keys the hash the token uid is stored as (:mod:`api.tokens`).
 
     Raises
     ------
@@ -1028,7 +1026,7 @@ def put_session(
         row.start_date_time = body.start_date_time
         row.end_date_time = body.end_date_time
         row.status = body.status
-        row.token_hash = token_hash(body.cdr_token.uid)
+        row.token_hash = token_hash(body.cdr_token.uid, token_key)
         row.last_updated = body.last_updated
         kept = {k: v for k, v in (row.raw or {}).items() if k == "charging_preferences"}
         row.raw = {**_ocpi_raw(data), **kept}
@@ -1054,12 +1052,15 @@ def patch_session(
     session_id: str,
     patch: OcpiSessionPatch,
     now: datetime,
+    *,
+    token_key: bytes,
 ) -> SessionResult:
     """Update a stored session from a partial OCPI Session (PATCH).
 
     Fields given replace the stored ones (when ``last_updated`` is not older than the stored
     one); ``charging_periods`` are merged by ``start_date_time``. A state is recorded when the
     PATCH carries ``kwh`` (cumulative, at ``last_updated``); without ``kwh`` none is.
+    ``token_key`` keys the hash a new token uid is stored as (:mod:`api.tokens`).
 
     This is the hot path of the service (one PATCH per session every 5 minutes), so it works
     in SQLAlchemy Core on the session's connection with prebuilt statements: one ``SELECT``
@@ -1112,7 +1113,7 @@ def patch_session(
         for name in ("country_code", "party_id"):
             data.pop(name, None)
         if patch.cdr_token is not None:
-            v.token_hash = token_hash(patch.cdr_token.uid)
+            v.token_hash = token_hash(patch.cdr_token.uid, token_key)
         if patch.evse_uid is not None and found is not None:
             if found.id != v.connector_id:
                 v.phases = found.phases

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -98,20 +98,49 @@ class Settings(BaseSettings):
     forecast_max_upload_mb: float = Field(
         default=50.0, gt=0, description="Largest training file accepted by the API [MB]."
     )
-    scheduler_process: bool | None = Field(
+    scheduler_process: bool = Field(
+        default=True,
+        description="Re-optimise in a child process (at lower CPU priority, see "
+        "scheduler_nice), so that building, solving and checking a large schedule neither holds "
+        "the interpreter lock of the process that answers requests nor takes CPU from it.",
+    )
+    scheduler_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="Niceness added to the scheduler's child process (0 = same priority as the "
+        "requests; 19 = lowest).",
+    )
+    scheduler_lease_ttl_s: float = Field(
+        default=30.0,
+        ge=1,
+        description="Lease electing the one process of a deployment that runs the scheduler "
+        "(api/lease.py): renewed every third of it; another process takes over at most this "
+        "long after the holder died [s].",
+    )
+    publish_chunk_sessions: int = Field(
+        default=25,
+        ge=1,
+        description="Profiles written per publishing transaction (short transactions keep the "
+        "database's write lock free for requests).",
+    )
+    publish_write_share: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        description="SQLite only: the share of the time publishing may hold the database's one "
+        "write lock (each chunk is followed by a pause; 1 = no pause).",
+    )
+    token_secret: SecretStr | None = Field(
         default=None,
-        description="Re-optimise in a child process, so that model building and checking do "
-        "not hold the interpreter lock of the process that answers requests. Default: on for "
-        "PostgreSQL, off for SQLite (one writer at a time: a second process would contend on "
-        "the database file lock, which waits by sleeping).",
+        description="Key of the HMAC-SHA-256 that token uids are stored as (api/tokens.py). "
+        "Unset: a random one is generated at the first start and kept in the database.",
     )
 
     @property
     def scheduler_in_child(self) -> bool:
         """Whether the scheduler runs in a child process (see ``scheduler_process``)."""
-        if self.scheduler_process is not None:
-            return self.scheduler_process
-        return not self.database_url.startswith("sqlite")
+        return self.scheduler_process
 
 
 @lru_cache

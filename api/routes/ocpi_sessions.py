@@ -194,7 +194,15 @@ def put_ocpi_session(
     cumulative energy at `last_updated` and is recorded as a meter state."""
     now = utcnow()
     with transaction(request.app.state.sessionmaker) as db:
-        result = put_session(db, country_code, party_id, session_id, body, now)
+        result = put_session(
+            db,
+            country_code,
+            party_id,
+            session_id,
+            body,
+            now,
+            token_key=request.app.state.token_key,
+        )
         if result.ended:
             clear_ended_profile(db, session_id, now)
         data = result.as_data()
@@ -221,7 +229,15 @@ def patch_ocpi_session(
     that ends the session (`COMPLETED`, `INVALID`, `end_date_time`) clears its profile."""
     now = utcnow()
     with transaction(request.app.state.sessionmaker) as db:
-        result = patch_session(db, country_code, party_id, session_id, body, now)
+        result = patch_session(
+            db,
+            country_code,
+            party_id,
+            session_id,
+            body,
+            now,
+            token_key=request.app.state.token_key,
+        )
         if result.ended:
             clear_ended_profile(db, session_id, now)
         data = result.as_data()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 
+import pytest
 from sqlalchemy import select
 
 from api.background import ChildScheduler
@@ -44,11 +45,29 @@ def test_runs_happen_in_a_child_process_that_is_replaced_when_it_dies(db_url: st
     assert child._proc is None
 
 
-def test_the_child_process_is_the_default_on_postgresql_only() -> None:
+def test_the_child_process_is_the_default_on_both_databases() -> None:
     from api.settings import Settings
 
-    assert Settings(database_url="sqlite:///x.db").scheduler_in_child is False
+    assert Settings(database_url="sqlite:///x.db").scheduler_in_child is True
     assert Settings(database_url="postgresql+psycopg://u@h/db").scheduler_in_child is True
-    assert Settings(database_url="sqlite:///x.db", scheduler_process=True).scheduler_in_child
-    pg_thread = Settings(database_url="postgresql+psycopg://u@h/db", scheduler_process=False)
-    assert pg_thread.scheduler_in_child is False
+    thread = Settings(database_url="sqlite:///x.db", scheduler_process=False)
+    assert thread.scheduler_in_child is False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads /proc")
+def test_the_child_process_runs_at_lower_priority(db_url: str) -> None:
+    """The child adds ``scheduler_nice`` to its niceness: requests win the cores."""
+    migrate(db_url)
+    engine = make_engine(db_url)
+    factory = make_sessionmaker(engine)
+    seed(factory)
+    child = ChildScheduler(live_settings(db_url, scheduler_nice=7))
+    try:
+        child.reoptimise(NOW, threading.Event())
+        assert child._proc is not None and child._proc.pid is not None
+        with open(f"/proc/{child._proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        assert int(fields[16]) == os.nice(0) + 7  # field 19 of stat: nice
+    finally:
+        child.close()
+        engine.dispose()

@@ -1,6 +1,6 @@
 """What keeps the activation fast without changing what it writes: the collector held while it
 runs, per-step timings in the answer and the audit entry, LZ4 compression of the large JSON
-columns on PostgreSQL (migration 0005d)."""
+columns on PostgreSQL (migration 0005)."""
 
 from __future__ import annotations
 

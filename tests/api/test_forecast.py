@@ -22,11 +22,14 @@ from api.live import build_live_scenario
 from api.models import ChargingSession
 from api.models_forecast import ForecastModelVersion
 from api.publish import reoptimise
-from api.sessions import token_hash
 from api.settings import Settings
+from api.tokens import token_hash
 from api.topology import upsert_topology
 from optimizer.scenario import DEFAULT_STAY_H
 from tests.api.conftest import auth
+
+TOKEN_KEY = b"forecast-tests"
+"""Key of the token hashes these tests store directly (only equality matters to forecasting)."""
 
 SLICE = Path(__file__).parents[1] / "forecasting" / "data" / "workplace_slice.csv"
 NOW = datetime(2026, 11, 25, 8, 7, 30, tzinfo=UTC)
@@ -64,7 +67,7 @@ def row(
         status="COMPLETED" if end else "ACTIVE",
         kwh=kwh,
         phases=3,
-        token_hash=token_hash(uid) if uid else None,
+        token_hash=token_hash(uid, TOKEN_KEY) if uid else None,
         last_updated=end or start,
     )
 

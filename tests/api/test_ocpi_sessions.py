@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from api.metrics import REGISTRY
 from api.models import ChargingSession, SessionState
 from api.sessions import SESSION_EXAMPLE
+from api.tokens import token_hash
 from tests.api.conftest import auth
 
 # all times a few hours in the past: a state from the future is refused
@@ -149,8 +150,10 @@ def test_put_then_patch_appends_periods_and_records_states(
     # the periods were appended, not replaced
     starts = [p["start_date_time"] for p in row.raw["charging_periods"]]
     assert starts == [at(0), at(5)]
-    # only a hash of the (case-insensitive) token uid is kept
-    assert row.token_hash == hashlib.sha256(UID.upper().encode()).hexdigest()
+    # only a keyed hash of the (case-insensitive) token uid is kept (api/tokens.py)
+    key = client.app.state.token_key
+    assert row.token_hash == token_hash(UID.lower(), key) == token_hash(UID, key)
+    assert row.token_hash != hashlib.sha256(UID.upper().encode()).hexdigest()
     raw = json.dumps(row.raw).lower()
     assert UID not in raw and "uid" not in row.raw["cdr_token"]
     # one state per PUT/PATCH: (last_updated, cumulative kwh, per-phase currents, phases)

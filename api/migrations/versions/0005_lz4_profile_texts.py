@@ -8,7 +8,7 @@ column type and the values are the same). Only on PostgreSQL 14 or newer built w
 other servers and on SQLite this migration does nothing. Only values written afterwards are
 compressed with LZ4.
 
-Revision ID: 0005d
+Revision ID: 0005
 Revises: 0004
 Create Date: 2026-11-26 04:00:00
 """
@@ -19,7 +19,7 @@ from alembic import op
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-revision = "0005d"
+revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
