@@ -234,6 +234,12 @@ def cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def replans_cell(replans: dict[str, Any]) -> str:
+    """``runs (mean s)``, or just ``runs`` when none finished."""
+    mean = replans["mean_s"]
+    return f"{replans['runs']}" if mean is None else f"{replans['runs']} ({mean})"
+
+
 def scheduler_runs(url_db: str, since: datetime) -> dict[str, Any]:
     """The re-plans finished during the loads: how many, and their mean duration [s]."""
     from sqlalchemy import select
@@ -376,8 +382,8 @@ def main() -> None:
         section.append(
             f"| {'on' if r['background'] else 'off'} | {b['states_per_s']:,.0f} | "
             f"{b['batch_p99_ms']} | {s['rate_achieved']} | {s['p50_ms']} | {s['p99_ms']} | "
-            f"{s['errors']} | {s.get('server_cpu_ms_per_request', '')} | "
-            f"{r['replans']['runs']} ({r['replans']['mean_s']}) |"
+            f"{s['errors']} | {s.get('server_cpu_ms_per_request', 'n/a (several workers)')} | "
+            f"{replans_cell(r['replans'])} |"
         )
     append_results("\n".join(section), {"when": when, "machine": where, "service": rows})
 
