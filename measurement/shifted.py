@@ -169,6 +169,33 @@ class ActivationResult:
         return out
 
 
+def isp_piece(
+    start_s: float,
+    baseline_kwh: float,
+    delivered_kwh: float,
+    price_eur_per_mwh: float,
+    prices: pd.DataFrame | None,
+) -> tuple[float, dict[str, Any]]:
+    """The value of one ISP piece of an activation and its report row.
+
+    ``value = (E_base,q − E_del,q) · π_q / 1000`` [EUR], with ``π_q`` the activation's price
+    or, when it has none (NaN), the imbalance price of the ISP holding ``start_s`` [EUR/MWh]
+    (NaN when unknown, which makes the value NaN).
+    """
+    price = price_eur_per_mwh
+    if not np.isfinite(price):
+        price = price_at(prices, start_s)
+    shifted_kwh = baseline_kwh - delivered_kwh
+    segment = {
+        "isp_start": iso(np.floor(start_s / ISP_S) * ISP_S),
+        "baseline_kwh": round(baseline_kwh, 6),
+        "delivered_kwh": round(delivered_kwh, 6),
+        "shifted_kwh": round(shifted_kwh, 6),
+        "price_eur_per_mwh": None if not np.isfinite(price) else price,
+    }
+    return shifted_kwh * price / 1000.0, segment
+
+
 def iso(t_s: float) -> str:
     """UTC ISO-8601 with ``Z``."""
     t = round(float(t_s), 3)
@@ -270,19 +297,9 @@ def measure_activation(
         held = np.clip(np.minimum(stop_s, cuts[a + 1]) - cuts[a], 0, None)
         base += float((stop_kw_all * held).sum()) / 3600.0
         dlv = float(e_at[a + 1] - e_at[a])
-        price = price_eur_per_mwh
-        if not np.isfinite(price):
-            price = price_at(prices, cuts[a])
-        value += (base - dlv) * price / 1000.0
-        segments.append(
-            {
-                "isp_start": iso(np.floor(cuts[a] / ISP_S) * ISP_S),
-                "baseline_kwh": round(base, 6),
-                "delivered_kwh": round(dlv, 6),
-                "shifted_kwh": round(base - dlv, 6),
-                "price_eur_per_mwh": None if not np.isfinite(price) else price,
-            }
-        )
+        piece_eur, segment = isp_piece(cuts[a], base, dlv, price_eur_per_mwh, prices)
+        value += piece_eur
+        segments.append(segment)
     baseline = (p_sig + p_clr) / 2.0 * dur_h + float(stop_kwh.sum())
     delivered = float(e_at[-1] - e_at[0])
     shifted = baseline - delivered
@@ -841,17 +858,7 @@ def _plan_value(
         ja = int(np.argmin(np.abs(edges - cuts[a])))
         jb = int(np.argmin(np.abs(edges - cuts[a + 1])))
         dlv = float((e_at[:, jb] - e_at[:, ja]).sum()) if e_at.size else 0.0
-        price = price_eur_per_mwh
-        if not np.isfinite(price):
-            price = price_at(prices, cuts[a])
-        value += (base - dlv) * price / 1000.0
-        segments.append(
-            {
-                "isp_start": iso(np.floor(cuts[a] / ISP_S) * ISP_S),
-                "baseline_kwh": round(base, 6),
-                "delivered_kwh": round(dlv, 6),
-                "shifted_kwh": round(base - dlv, 6),
-                "price_eur_per_mwh": None if not np.isfinite(price) else price,
-            }
-        )
+        piece_eur, segment = isp_piece(cuts[a], base, dlv, price_eur_per_mwh, prices)
+        value += piece_eur
+        segments.append(segment)
     return value, segments
