@@ -19,6 +19,7 @@ between solves.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +40,6 @@ from optimizer.warm import (
     basis_of,
     model_keys,
     shape_fingerprint,
-    value_fingerprint,
     warm_start,
 )
 
@@ -256,8 +256,9 @@ class _LazyTwin:
 
     With a ``prior`` (the same part's model from the previous solve of a live engine), the
     model is the prior one updated in place when the shape is unchanged (``how = "inplace"``:
-    HiGHS keeps basis and factorisation), or a new one started from the prior's basis matched
-    by key (``how = "mapped"``).
+    HiGHS keeps basis and factorisation; ``how = "reused"`` when nothing changed at all, and
+    the prior's solution ``kept`` is returned without a solve), or a new one started from the
+    prior's basis matched by key (``how = "mapped"``).
     """
 
     def __init__(
@@ -267,12 +268,14 @@ class _LazyTwin:
         keys: ModelKeys | None = None,
         prior: _LazyTwin | None = None,
         inplace: bool = False,
+        kept: LpSolution | None = None,
     ) -> None:
         self.problem = problem
         self.options = options
         self.keys = keys
         self.prior = prior
         self.inplace = inplace
+        self.kept = kept
         self.twin: HighsTwin | None = None
         self.how = "cold"
         self.repaired = False
@@ -285,9 +288,14 @@ class _LazyTwin:
         prior, self.prior = self.prior, None  # let the old model go once used
         old = prior.twin if prior is not None else None
         if old is not None and self.inplace:
-            old.update(self.problem)
-            self.twin, self.how = old, "inplace"
+            changed = old.update(self.problem)
+            self.twin = old
+            if changed or self.kept is None or self.kept.status != "optimal":
+                self.how, self.kept = "inplace", None
+            else:
+                self.how = "reused"
             return old
+        self.kept = None
         self.twin = HighsTwin(self.problem, **self.options)
         old_keys = prior.keys if prior is not None else None
         if old is None or old_keys is None or self.keys is None:
@@ -298,6 +306,9 @@ class _LazyTwin:
 
     def solve(self) -> LpSolution:
         twin = self._get()
+        if self.kept is not None:  # the same LP as the prior's: its optimum holds
+            kept, self.kept = self.kept, None
+            return dataclasses.replace(kept, time_s=0.0)
         if self.deadline is not None:
             # the budget is wall time for the whole problem: a part gets what is left of it
             left = self.deadline - time.perf_counter()
@@ -310,6 +321,7 @@ class _LazyTwin:
     def set_current_lower(self, var: np.ndarray, lo_a: np.ndarray) -> None:
         self.repaired = True
         self._get().set_current_lower(var, lo_a)
+        self.kept = None
 
 
 class PartitionedTwin:
@@ -371,7 +383,8 @@ class PartitionedTwin:
         n = len(self.parts)
         self.dirty = [True] * n
         self.last: list[LpSolution | None] = [None] * n
-        self.reused_parts: set[int] = set()
+        self.warm_layout = warm_layout
+        self._warm = warm
         self.scheduler = scheduler
         self._pool: ThreadPoolExecutor | None = None
         if net_keys is None and book is not None and problem.net is not None:
@@ -379,7 +392,6 @@ class PartitionedTwin:
         self.net_keys = net_keys
         self.keys: list[ModelKeys] = []
         self.shapes: list[bytes] = []
-        self.values: list[bytes] = []
         if self.net_keys is not None:
             for k, pt in enumerate(self.parts):
                 if warm_layout and warm is not None:
@@ -389,7 +401,6 @@ class PartitionedTwin:
                     mk = model_keys(pt.problem, pt.target_rows, self.net_keys)
                     self.keys.append(mk)
                     self.shapes.append(shape_fingerprint(pt.problem, mk))
-                self.values.append(value_fingerprint(pt.problem))
         options = {"time_limit_s": time_limit_s, "mip_rel_gap": mip_rel_gap}
         self.solvers: list[Any]
         if scheduler is not None:
@@ -421,18 +432,11 @@ class PartitionedTwin:
         solvers: list[Any] = []
         taken: set[int] = set()
         for k, pt in enumerate(self.parts):
-            j = self._prior_part(pt, warm, self.net_keys)
+            # the same layout: part k holds the sessions it held before
+            j = k if self.warm_layout else self._prior_part(pt, warm, self.net_keys)
             prior = warm.models[j] if j >= 0 else None
             usable = isinstance(prior, _LazyTwin) and not prior.repaired
             same = usable and j not in taken and warm.shape[j] == self.shapes[k]
-            if same and warm.values[j] == self.values[k] and prior is not None:
-                # the same LP as before: its solution holds, its model stays
-                solvers.append(prior)
-                self.last[k] = warm.solution[j]
-                self.dirty[k] = False
-                self.reused_parts.add(k)
-                taken.add(j)
-                continue
             inplace = bool(same) and self.parts[k].problem.binary_vars.size == 0
             if inplace:
                 taken.add(j)
@@ -446,6 +450,8 @@ class PartitionedTwin:
                     keys=self.keys[k],
                     prior=prior if keep else None,
                     inplace=inplace,
+                    # in place with nothing changed: the same LP, its optimum holds
+                    kept=warm.solution[j] if inplace else None,
                 )
             )
         assert len(solvers) == n
@@ -464,11 +470,8 @@ class PartitionedTwin:
         """How many parts were reused without a solve, updated in place, started from a mapped
         basis, or built cold."""
         out = {"reused": 0, "inplace": 0, "mapped": 0, "cold": 0}
-        for k, solver in enumerate(self.solvers):
-            if k in self.reused_parts:
-                out["reused"] += 1
-            else:
-                out[solver.how if isinstance(solver, _LazyTwin) else "cold"] += 1
+        for solver in self.solvers:
+            out[solver.how if isinstance(solver, _LazyTwin) else "cold"] += 1
         return out
 
     def state(self) -> WarmState | None:
@@ -477,13 +480,16 @@ class PartitionedTwin:
             return None
         if any(s is None for s in self.last):
             return None
-        session_part = np.full(int(self.net_keys.session.max(initial=-1)) + 1, -1, np.int64)
-        for k, pt in enumerate(self.parts):
-            session_part[self.net_keys.session[np.unique(pt.problem.var_session)]] = k
+        if self.warm_layout and self._warm is not None:
+            session_part = self._warm.session_part  # the same sessions in the same parts
+        else:
+            size = int(self.net_keys.session.max(initial=-1)) + 1
+            session_part = np.full(size, -1, np.int64)
+            for k, pt in enumerate(self.parts):
+                session_part[self.net_keys.session[np.unique(pt.problem.var_session)]] = k
         return WarmState(
             keys=self.keys,
             shape=self.shapes,
-            values=self.values,
             solution=[s for s in self.last if s is not None],
             models=list(self.solvers),
             session_part=session_part,

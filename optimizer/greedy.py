@@ -10,6 +10,8 @@ rounds at a time, so no limit is exceeded.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from optimizer.network import Network
@@ -47,14 +49,54 @@ def greedy_currents_a(net: Network) -> np.ndarray:
     numpy.ndarray
         ``sessions × steps`` [A]; every group limit holds wherever the no-pause levels allow.
     """
+    return greedy_run(net).current_a
+
+
+@dataclass(frozen=True)
+class GreedyRun:
+    """A greedy schedule and the energy each session still needed before each step."""
+
+    current_a: np.ndarray
+    """``sessions × steps`` [A]."""
+    remaining_kwh: np.ndarray
+    """``(steps + 1) × sessions`` [kWh]: row ``t`` is the state of the greedy before step ``t``."""
+
+
+def greedy_run(net: Network, resume: tuple[int, GreedyRun] | None = None) -> GreedyRun:
+    """The greedy schedule of ``net`` with its state before every step.
+
+    Parameters
+    ----------
+    net : Network
+    resume : (int, GreedyRun), optional
+        ``(step, run)``: the run of an earlier network whose steps before ``step`` see the same
+        sessions, levels and limits as ``net`` (:func:`first_changed_step`). Those steps are
+        taken over and the greedy goes on from ``step``; the result is the same, bit for bit,
+        as a run from the start.
+    """
     n, steps = net.n_sessions, net.steps
-    if n == 0:
-        return np.zeros((n, steps))
-    current_t = np.zeros((steps, n))  # step-major while filling: rows are contiguous
-    remaining = deliverable_need_kwh(net)
+    current = np.zeros((n, steps))
+    trace = np.empty((steps + 1, n))
+    start = 0
+    deliverable = deliverable_need_kwh(net)
+    if resume is not None:
+        start, prior = resume
+        if prior.current_a.shape != current.shape or not 0 <= start <= steps:
+            raise ValueError(f"resume: a run of {current.shape} and a step in [0, {steps}]")
+        # a session whose need changed has taken nothing before ``start``: it still needs it all
+        moved = deliverable != prior.remaining_kwh[0]
+        if (net.first[moved] < start).any():
+            raise ValueError(f"resume: a session whose need changed is plugged in before {start}")
+        current[:, :start] = prior.current_a[:, :start]
+        trace[: start + 1] = prior.remaining_kwh[: start + 1]
+        trace[: start + 1, moved] = deliverable[moved]
+    else:
+        trace[0] = deliverable
+    remaining = trace[start].copy()
+    if n == 0 or start == steps:
+        return GreedyRun(current, trace)
     kwh_per_a = net.kw_per_a * net.dt_h
     req_all = required_level_a(net)
-    limit_t = np.ascontiguousarray(net.groups.limit.T)
     coef = net.groups.coef.tocsc()  # columns sliced to the sessions charging in each step
     member_t = coef.T.tocsr()  # sessions × groups: the groups each session belongs to
     indptr = member_t.indptr
@@ -63,7 +105,8 @@ def greedy_currents_a(net: Network) -> np.ndarray:
     max_step_kwh = np.maximum(net.max_a * kwh_per_a, 1e-12)
     pause = net.pause_consent
 
-    for t in range(steps):
+    for t in range(start, steps):
+        trace[t] = remaining
         idx = np.nonzero((net.first <= t) & (t < net.end) & (remaining > 1e-9))[0]
         if idx.size == 0:
             continue
@@ -74,7 +117,7 @@ def greedy_currents_a(net: Network) -> np.ndarray:
         hi = np.minimum(step_max, rem / kwh)
         level = np.minimum(req_all[idx, t], hi)
         alloc = np.where(pause[idx], 0.0, level)
-        limit = limit_t[t]
+        limit = net.groups.limit[:, t]
         coef_t = coef[:, idx]
         laxity = (net.end[idx] - t) - rem / max_step_kwh[idx]
         order = np.argsort(laxity, kind="stable")
@@ -113,6 +156,61 @@ def greedy_currents_a(net: Network) -> np.ndarray:
                 want = want - give
         # a pause-consent session that could not reach its level is paused (frees headroom)
         alloc[pause[idx] & (alloc < level - 1e-9)] = 0.0
-        current_t[t, idx] = alloc
+        current[idx, t] = alloc
         remaining[idx] = rem - alloc * kwh
-    return np.ascontiguousarray(current_t.T)
+    trace[steps] = remaining
+    return GreedyRun(current, trace)
+
+
+def first_changed_step(old: Network, new: Network) -> int:
+    """The first step in which the greedy schedule of ``new`` can differ from that of ``old``.
+
+    The greedy goes forward in time, so its steps before the first step that sees a different
+    session (stay, need and what the stay can deliver, maximum, no-pause level, cap, pause
+    consent) or a different limit are the same in both networks. The sessions and limit groups
+    must be the same and in the same order (else 0); ``new.steps`` means no change at all.
+    """
+    g_old, g_new = old.groups, new.groups
+    if (
+        old.grid != new.grid
+        or old.session_ids != new.session_ids
+        or g_old.limit.shape != g_new.limit.shape
+        or g_old.kind != g_new.kind
+        or g_old.subject != g_new.subject
+        or not _same_sparse(g_old.coef, g_new.coef)
+        or (old.cap_a is None) != (new.cap_a is None)
+    ):
+        return 0
+    # the cheap per-session arrays first: a change at step 0 ends the search
+    changed = (
+        (old.first != new.first)
+        | (old.end != new.end)
+        | ~((old.need_kwh == new.need_kwh) | (np.isnan(old.need_kwh) & np.isnan(new.need_kwh)))
+        | (old.kw_per_a != new.kw_per_a)
+        | (old.max_a != new.max_a)
+        | (old.pause_consent != new.pause_consent)
+        | (deliverable_need_kwh(old) != deliverable_need_kwh(new))  # caps over the whole stay
+    )
+    first = new.steps
+    if changed.any():
+        first = int(np.minimum(old.first[changed], new.first[changed]).min())
+    if first > 0:  # then only the steps before ``first`` matter
+        req_old, req_new = required_level_a(old)[:, :first], required_level_a(new)[:, :first]
+        changed = (req_old != req_new).any(axis=1)
+        if old.cap_a is not None and new.cap_a is not None:
+            changed |= (old.cap_a[:, :first] != new.cap_a[:, :first]).any(axis=1)
+        if changed.any():
+            first = min(first, int(np.minimum(old.first[changed], new.first[changed]).min()))
+    if first > 0:
+        lim = np.nonzero((g_old.limit[:, :first] != g_new.limit[:, :first]).any(axis=0))[0]
+        if lim.size:
+            first = int(lim[0])
+    return first
+
+
+def _same_sparse(a: object, b: object) -> bool:
+    """Equal CSR matrices (shape and stored entries in the same order)."""
+    return bool(
+        getattr(a, "shape", None) == getattr(b, "shape", None)
+        and all(np.array_equal(getattr(a, f), getattr(b, f)) for f in ("indptr", "indices", "data"))
+    )

@@ -183,10 +183,10 @@ class HighsTwin:
         col_hi = np.concatenate([p.i_hi_a, p.u_hi_kwh, np.full(n_l + 2 * n_t, _INF), np.ones(n_b)])
         return cost, col_lo, col_hi
 
-    def update(self, problem: ChargingProblem) -> None:
+    def update(self, problem: ChargingProblem) -> bool:
         """Take over the bounds, costs and right-hand sides of ``problem``, which must have the
         same columns, rows and matrix as the model's (no binaries); the basis stays, so the next
-        solve is warm."""
+        solve is warm. Returns whether anything changed (else the model's optimum holds)."""
         if problem.binary_vars.size or self.p.binary_vars.size:
             raise ValueError("problem: a model with binaries is rebuilt, not updated")
         self.p = problem
@@ -194,10 +194,12 @@ class HighsTwin:
         # only the entries that changed go to HiGHS (a DR step moves a few hundred bounds of
         # a hundred thousand)
         idx = np.nonzero(cost != self._cost)[0].astype(np.int32)
-        if idx.size:
+        n_cost = idx.size
+        if n_cost:
             self.h.changeColsCost(int(idx.size), idx, cost[idx])
         idx = np.nonzero((col_lo != self._col_lo) | (col_hi != self._col_hi))[0].astype(np.int32)
-        if idx.size:
+        n_col = idx.size
+        if n_col:
             self.h.changeColsBounds(int(idx.size), idx, col_lo[idx], col_hi[idx])
         n_l = problem.limit_rhs.size
         row_lo = np.concatenate([problem.need_eff_kwh, np.full(n_l, -_INF), problem.target_kw])
@@ -210,6 +212,7 @@ class HighsTwin:
             )
         self._cost, self._col_lo, self._col_hi = cost, col_lo, col_hi
         self._row_lo, self._row_hi = row_lo, row_hi
+        return bool(n_cost or n_col or rows.size)
 
     def _pad(self, left: sp.spmatrix, blocks: list[tuple[int, sp.spmatrix]]) -> sp.csr_matrix:
         """Place column blocks at their offsets in a row block."""

@@ -183,6 +183,9 @@ class ChargingProblem:
     var_of: np.ndarray = field(repr=False)  # sessions × steps -> variable index or -1
     layout: Layout | None = field(default=None, repr=False, compare=False)
     """What fixes the matrices (set by :func:`build_problem`; ``None`` for a part)."""
+    limit_most: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """``groups × steps``: every group's sum at its members' maximum currents (set by
+    :func:`build_problem`; decides which limit rows can bind)."""
 
     @property
     def n_vars(self) -> int:
@@ -260,7 +263,8 @@ def build_problem(
     width = col_end - col_first
     var_session = np.repeat(np.arange(net.n_sessions), width)
     nv = var_session.size
-    var_step = np.arange(nv) - np.repeat(np.cumsum(width) - width - col_first, width)
+    run_start = np.repeat(np.cumsum(width) - width, width)  # each session's first variable
+    var_step = np.arange(nv) - run_start + col_first[var_session]
 
     kw = net.kw_per_a[var_session]
     kwh = kw * dt_h
@@ -290,7 +294,7 @@ def build_problem(
         anchored[net.pause_consent[var_session]] = 0.0
         lo = np.maximum(lo, anchored)
         # sessions the anchor fills: nothing after the fill step, and no shortfall
-        fills, after = _anchor_fill(net, anchor_a, need_eff, var_session, var_step, kwh)
+        fills, after = _anchor_fill(net, anchor_a, need_eff, var_session, var_step, kwh, run_start)
         hi[after] = 0.0
         lo[after] = 0.0
         u_hi[fills] = 0.0
@@ -326,7 +330,10 @@ def build_problem(
         with_row |= col_end > col_first
     energy_session = np.nonzero(with_row)[0]
 
-    limit_group, limit_step, row_of = _limit_row_set(net, col_first, col_end)
+    most = _like_most(like, net, col_first, col_end)
+    if most is None:
+        most = _limit_most(net, col_first, col_end)
+    limit_group, limit_step = _limit_row_set(net, most)
     limit_rhs = net.groups.limit[limit_group, limit_step]
     layout = Layout.of(net, col_first, col_end, limit_group, limit_step, energy_session)
     if like is not None and like.layout is not None and like.layout.same(layout):
@@ -337,6 +344,8 @@ def build_problem(
         var_of = np.full((net.n_sessions, net.steps), -1, dtype=np.int64)
         var_of[var_session, var_step] = np.arange(nv)
         energy_rows = _energy_matrix(energy_session, var_session, kwh, net.n_sessions)
+        row_of = np.full(net.groups.limit.shape, -1, dtype=np.int64)  # (group, step) -> row
+        row_of[limit_group, limit_step] = np.arange(limit_group.size)
         limit_rows = _limit_matrix(net, row_of, limit_group.size, var_session, var_step)
         target_rows = _target_matrix(net, var_of, kw)
     target_kw = net.target_kw.ravel()
@@ -366,6 +375,7 @@ def build_problem(
         binary_vars=np.nonzero(net.pause_consent[var_session])[0],
         var_of=var_of,
         layout=layout,
+        limit_most=most,
     )
 
 
@@ -390,9 +400,10 @@ def _anchor_fill(
     var_session: np.ndarray,
     var_step: np.ndarray,
     kwh: np.ndarray,
+    run_start: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sessions the anchor fills (``need_eff`` reached), and the variables after the step in
-    which it fills them.
+    which it fills them. ``run_start``: each variable's session's first variable.
 
     Works on the variables (session-major, each session's in one run) when the anchor has no
     current outside them, else on the whole ``sessions × steps`` matrix.
@@ -405,9 +416,6 @@ def _anchor_fill(
         fill_step = np.argmax(e_cum >= threshold[:, None], axis=1)
         return fills, fills[var_session] & (var_step > fill_step[var_session])
     nv = var_session.size
-    new_run = np.ones(nv, dtype=bool)
-    new_run[1:] = var_session[1:] != var_session[:-1]
-    run_start = np.maximum.accumulate(np.where(new_run, np.arange(nv), 0))
     total = np.cumsum(e_var)
     e_cum = total - (total - e_var)[run_start]  # energy up to and including each variable
     reached = e_cum >= threshold[var_session]
@@ -416,7 +424,7 @@ def _anchor_fill(
     earlier = seen - seen[run_start] > 0
     delivered = np.zeros(net.n_sessions)
     last = np.ones(nv, dtype=bool)
-    last[:-1] = new_run[1:]
+    last[:-1] = var_session[1:] != var_session[:-1]
     delivered[var_session[last]] = e_cum[last]
     fills = (delivered >= threshold) & (need_eff > 1e-9) & ~net.pause_consent
     return fills, fills[var_session] & earlier
@@ -436,23 +444,13 @@ def _widened(net: Network, first: np.ndarray, end: np.ndarray) -> tuple[np.ndarr
     return lo, np.maximum(hi, lo)
 
 
-def _limit_row_set(
-    net: Network, col_first: np.ndarray, col_end: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The (group, step) pairs that can bind: ``Σ_s coef[g, s] · max[s] > limit[g, t]`` over
-    the sessions with a column in ``t``; as groups, steps and a ``groups × steps`` map to the
-    row number (-1: no row).
-
-    ``col_first``, ``col_end``: the steps ``[first, end)`` in which each session has columns.
-    A row whose members cannot exceed the limit even at their maximum current is dropped.
-    """
+def _limit_most(net: Network, col_first: np.ndarray, col_end: np.ndarray) -> np.ndarray:
+    """``groups × steps``: ``Σ_s coef[g, s] · max[s]`` over the sessions with a column in each
+    step [A] or [kW]. ``col_first``, ``col_end``: the steps ``[first, end)`` in which each
+    session has columns."""
     groups = net.groups
     steps = net.steps
-    if groups.n == 0:
-        empty = np.zeros(0, np.int64)
-        return empty, empty, np.full((0, steps), -1, dtype=np.int64)
-    # every group's sum at every member's maximum, per step: +coef·max at a member's first
-    # column, -coef·max after its last, summed along the steps
+    # +coef·max at a member's first column, -coef·max after its last, summed along the steps
     coo = groups.coef.tocoo()
     weight = coo.data * net.max_a[coo.col]
     width = steps + 1
@@ -462,11 +460,45 @@ def _limit_row_set(
         minlength=groups.n * width,
     )
     most = np.cumsum(delta.reshape(groups.n, width)[:, :steps], axis=1)
+    most.flags.writeable = False
+    return most
+
+
+def _like_most(
+    like: ChargingProblem | None, net: Network, col_first: np.ndarray, col_end: np.ndarray
+) -> np.ndarray | None:
+    """:func:`_limit_most` of ``like`` when it has the same columns, groups and maxima."""
+    if like is None or like.limit_most is None or like.layout is None or like.net is None:
+        return None
+    old, coef = like.layout.arrays, net.groups.coef
+    same = (
+        like.limit_most.shape == net.groups.limit.shape
+        and np.array_equal(like.net.max_a, net.max_a)
+        and all(
+            np.array_equal(a, b)
+            for a, b in zip(
+                old[:6],
+                (col_first, col_end, net.kw_per_a, coef.indptr, coef.indices, coef.data),
+                strict=True,
+            )
+        )
+    )
+    return like.limit_most if same else None
+
+
+def _limit_row_set(net: Network, most: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The (group, step) pairs that can bind: ``Σ_s coef[g, s] · max[s] > limit[g, t]`` over
+    the sessions with a column in ``t`` (``most``, :func:`_limit_most`); as groups and steps.
+
+    A row whose members cannot exceed the limit even at their maximum current is dropped.
+    """
+    groups = net.groups
+    if groups.n == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty
     can_bind = (most > groups.limit + 1e-9) & ~groups.dominated[:, None]
     bind_g, bind_t = np.nonzero(can_bind)
-    row_of = np.full(groups.limit.shape, -1, dtype=np.int64)  # (group, step) -> row or -1
-    row_of[bind_g, bind_t] = np.arange(bind_g.size)
-    return bind_g, bind_t, row_of
+    return bind_g, bind_t
 
 
 def _limit_matrix(

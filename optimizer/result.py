@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -63,29 +65,57 @@ def no_pause_dips(net: Network, current_a: np.ndarray, tol: float = 1e-4) -> np.
     """Boolean ``sessions × steps``: below the no-pause level while not full and not filling.
 
     The rule of ``docs/formats.md`` (kinds ``min_current`` and ``opt_out``); pause-consent
-    sessions are exempt. Works on the plugged-in cells only (a fraction of the day) when the
-    schedule has no current outside them, as every schedule of the product.
+    sessions are exempt. See :func:`no_pause_dip_cells`.
+    """
+    sessions, steps = no_pause_dip_cells(net, current_a, tol)
+    dips = np.zeros(current_a.shape, dtype=bool)
+    dips[sessions, steps] = True
+    return dips
+
+
+def no_pause_dip_cells(
+    net: Network, current_a: np.ndarray, tol: float = 1e-4
+) -> tuple[np.ndarray, np.ndarray]:
+    """Session and step of every cell of :func:`no_pause_dips`, session-major.
+
+    Works on the plugged-in cells only (a fraction of the day) when the schedule has no current
+    outside them, as every schedule of the product.
     """
     cell_s, cell_t, run_start = present_cells(net)
     cur = current_a[cell_s, cell_t]
     if np.count_nonzero(cur) != np.count_nonzero(current_a):
-        return _no_pause_dips_dense(net, current_a, tol)
-    e_step = cur * (net.kw_per_a * net.dt_h)[cell_s]
+        rows, cols = np.nonzero(_no_pause_dips_dense(net, current_a, tol))
+        return rows, cols
+    kwh, req = _cell_constants(net)
+    e_step = cur * kwh
     total = np.cumsum(e_step)
+    # only cells below their level can be dips: the energy test runs on those alone
+    low = np.flatnonzero(cur < req - tol)
+    low = low[~net.pause_consent[cell_s[low]]]
     # energy before each cell within its session: the running total less the total before the
     # session's first cell
-    before_run = (total - e_step)[run_start]
-    e_before = total - e_step - before_run
-    e_after = e_before + e_step
-    need = net.need_kwh[cell_s]
+    first = run_start[low]
+    e_before = total[low] - e_step[low] - (total[first] - e_step[first])
+    e_after = e_before + e_step[low]
+    need = net.need_kwh[cell_s[low]]
     has_need = ~np.isnan(need)
     not_full = ~has_need | (e_before < need - 1e-3)
     filling = has_need & (e_after >= need - 1e-3)
-    req = required_level_a(net)[cell_s, cell_t]
-    dip = not_full & ~filling & (cur < req - tol) & ~net.pause_consent[cell_s]
-    dips = np.zeros(current_a.shape, dtype=bool)
-    dips[cell_s[dip], cell_t[dip]] = True
-    return dips
+    dip = low[not_full & ~filling]
+    return cell_s[dip], cell_t[dip]
+
+
+def _cell_constants(net: Network) -> tuple[np.ndarray, np.ndarray]:
+    """Energy per ampere [kWh/A] and no-pause level [A] of every plugged-in cell (in the order
+    of :func:`present_cells`). Computed once per network."""
+    if "cell_kwh_per_a" not in net._memo:
+        cell_s, cell_t, _ = present_cells(net)
+        kwh = (net.kw_per_a * net.dt_h)[cell_s]
+        req = required_level_a(net)[cell_s, cell_t]
+        kwh.flags.writeable = False
+        req.flags.writeable = False
+        net._memo["cell_kwh_per_a"], net._memo["cell_level_a"] = kwh, req
+    return net._memo["cell_kwh_per_a"], net._memo["cell_level_a"]
 
 
 def present_cells(net: Network) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -142,6 +172,34 @@ def pause_level_breaks(net: Network, current_a: np.ndarray, tol: float = 1e-3) -
     return between & ~filling & net.pause_consent[:, None]
 
 
+def _row_lists(
+    grid: tuple[datetime, int, int],
+    keys: list[str],
+    matrix: np.ndarray,
+    prior: RowMemo | None,
+    convert: Callable[[np.ndarray], list[list[float]]],
+) -> list[list[float]]:
+    """``convert(matrix)``, taking the lists of ``prior`` for rows equal to its row of the same
+    key on the same grid."""
+    if prior is None or prior.grid != grid:
+        return convert(matrix)
+    n = len(keys)
+    if prior.keys == keys:
+        rows = np.arange(n)
+        same = (prior.matrix == matrix).all(axis=1)
+    else:
+        where = {key: k for k, key in enumerate(prior.keys)}
+        rows = np.fromiter((where.get(key, -1) for key in keys), np.int64, n)
+        known = np.flatnonzero(rows >= 0)
+        same = np.zeros(n, dtype=bool)
+        same[known] = (prior.matrix[rows[known]] == matrix[known]).all(axis=1)
+    fresh = np.flatnonzero(~same)
+    out: list[list[float]] = [prior.lists[k] for k in np.where(same, rows, 0).tolist()]
+    for k, row in zip(fresh.tolist(), convert(matrix[fresh]), strict=True):
+        out[k] = row
+    return out
+
+
 def current_lists(current_a: np.ndarray, net: Network | None = None) -> list[list[float]]:
     """Rows of a ``sessions × steps`` matrix as lists of floats, cheaply: only the span from a
     row's first to its last non-zero entry is converted; the zeros around it are one shared
@@ -176,6 +234,19 @@ def current_lists(current_a: np.ndarray, net: Network | None = None) -> list[lis
     return out
 
 
+@dataclass
+class RowMemo:
+    """The session rows of the last schedule a live engine built, so that the next schedule
+    converts only the rows that changed (most of them do not after a small change)."""
+
+    grid: tuple[datetime, int, int]
+    keys: list[str]
+    """Session or node ids of the rows."""
+    matrix: np.ndarray
+    """The values as written (rounded currents [A] or node powers [kW]; read-only)."""
+    lists: list[list[float]]
+
+
 def build_schedule(
     net: Network,
     current_a: np.ndarray,
@@ -184,13 +255,16 @@ def build_schedule(
     status: str,
     solver: dict[str, Any],
     reason: str | None = None,
+    memo: list[RowMemo] | None = None,
 ) -> dict[str, Any]:
     """The schedule dict for ``current_a`` (``sessions × steps`` [A]).
 
-    ``status`` is downgraded to ``infeasible_limits`` when a limit is exceeded.
+    ``status`` is downgraded to ``infeasible_limits`` when a limit is exceeded. ``memo``: a
+    live engine's list holding the session and node rows of its previous schedule (replaced
+    by this schedule's); a row equal to its previous one is copied instead of converted.
     """
     with gc_paused():
-        return _build_schedule(net, current_a, method, status, solver, reason)
+        return _build_schedule(net, current_a, method, status, solver, reason, memo)
 
 
 @contextlib.contextmanager
@@ -214,6 +288,7 @@ def _build_schedule(
     status: str,
     solver: dict[str, Any],
     reason: str | None,
+    memo: list[RowMemo] | None = None,
 ) -> dict[str, Any]:
     cur = round_currents(current_a)
     energy = session_energy_kwh(net, cur)
@@ -222,9 +297,8 @@ def _build_schedule(
     power_m = node_power_matrix_kw(net, cur)
     power = dict(zip(net.node_members, power_m, strict=True))
     violations = limit_violations(net, cur)
-    dips = no_pause_dips(net, cur, tol=1e-3)
     level = required_level_a(net)
-    for s, t in zip(*np.nonzero(dips), strict=True):
+    for s, t in zip(*no_pause_dip_cells(net, cur, tol=1e-3), strict=True):
         # an opt-out session below its share breaks the opt-out rule, and below the station
         # minimum also the minimum-current rule
         shortfalls = [("min_current", float(net.min_a[s] - cur[s, t]))]
@@ -253,7 +327,8 @@ def _build_schedule(
                     "unit": "A",
                 }
             )
-    for s, t in zip(*np.nonzero(pause_level_breaks(net, cur)), strict=True):
+    breaks = pause_level_breaks(net, cur) if net.pause_consent.any() else None
+    for s, t in zip(*(np.nonzero(breaks) if breaks is not None else ((), ())), strict=True):
         violations.append(
             {
                 "kind": "pause_current",
@@ -266,18 +341,36 @@ def _build_schedule(
     if violations and status in ("optimal", "feasible"):
         status = "infeasible_limits"
 
+    grid = (net.grid.start_utc, net.grid.step_s, net.grid.steps)
+    prior = memo if memo and len(memo) == 2 else [None, None]
+    lists = _row_lists(
+        grid,
+        net.session_ids,
+        cur,
+        prior[0],
+        lambda m: current_lists(m, None if m is not cur else net),
+    )
+    power_r = np.round(power_m, 6)
+    node_ids = list(power)
+    power_kw = _row_lists(grid, node_ids, power_r, prior[1], lambda m: m.tolist())
+    if memo is not None:
+        cur.flags.writeable = False
+        power_r.flags.writeable = False
+        memo[:] = [
+            RowMemo(grid, net.session_ids, cur, lists),
+            RowMemo(grid, node_ids, power_r, power_kw),
+        ]
+        # the kept lists stay the engine's: the schedule gets copies
+        lists = [list(c) for c in lists]
+        power_kw = [list(p) for p in power_kw]
+    unmet_r = [None if u != u else u for u in np.round(unmet, 6).tolist()]
     sessions = {
-        sid: {
-            "current_a": c,
-            "energy_kwh": round(e, 6),
-            "unmet_kwh": None if u != u else round(u, 6),
-        }
+        sid: {"current_a": c, "energy_kwh": e, "unmet_kwh": u}
         for sid, c, e, u in zip(
-            net.session_ids, current_lists(cur, net), energy.tolist(), unmet.tolist(), strict=True
+            net.session_ids, lists, np.round(energy, 6).tolist(), unmet_r, strict=True
         )
     }
-    power_kw = np.round(power_m, 6).tolist()
-    nodes = {nid: {"power_kw": p} for nid, p in zip(power, power_kw, strict=True)}
+    nodes = {nid: {"power_kw": p} for nid, p in zip(node_ids, power_kw, strict=True)}
     out: dict[str, Any] = {
         "format": SCHEDULE_FORMAT,
         "status": status,

@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from optimizer.decompose import PartitionedTwin
-from optimizer.greedy import greedy_currents_a
+from optimizer.greedy import GreedyRun, first_changed_step, greedy_currents_a, greedy_run
 from optimizer.lp_highs import LpSolution
 from optimizer.network import Network, compile_network
 from optimizer.problem import ChargingProblem, Weights, build_problem, objective_value
-from optimizer.result import build_schedule, no_pause_dips
+from optimizer.result import RowMemo, build_schedule, no_pause_dip_cells
 from optimizer.scenario import Scenario
 from optimizer.uncontrolled import uncontrolled_currents_a
 from optimizer.warm import KeyBook, NetKeys, WarmState
@@ -53,6 +54,24 @@ class LiveState:
     span_first: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     span_end: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     """Columns each stable session id had so far: absolute key steps ``[first, end)``."""
+    rows: list[RowMemo] = field(default_factory=list)
+    """The session rows of the last schedule (:class:`optimizer.result.RowMemo`)."""
+    greedy_net: Network | None = None
+    greedy_run: GreedyRun | None = None
+    """The previous network and its greedy run (read-only), to resume the greedy from the
+    first step the change touches (:func:`optimizer.greedy.first_changed_step`)."""
+
+    def greedy(self, net: Network) -> tuple[np.ndarray, int]:
+        """The greedy schedule of ``net`` and the step it was computed from (0: all of it)."""
+        resume = None
+        if self.greedy_net is not None and self.greedy_run is not None:
+            start = first_changed_step(self.greedy_net, net)
+            resume = (start, self.greedy_run) if start else None
+        run = greedy_run(net, resume=resume)
+        run.current_a.flags.writeable = False
+        run.remaining_kwh.flags.writeable = False
+        self.greedy_net, self.greedy_run = net, run
+        return run.current_a, resume[0] if resume else 0
 
     def span(self, net: Network, keys: NetKeys) -> tuple[np.ndarray, np.ndarray]:
         """Column span of every session of ``net`` [grid step]: its stay, widened to the
@@ -127,8 +146,7 @@ def repair_bounds(
     """
     net = problem.net
     assert net is not None, "repair works on a whole problem"
-    dips = no_pause_dips(net, current_a)
-    sessions = np.unique(np.nonzero(dips)[0])
+    sessions = np.unique(no_pause_dip_cells(net, current_a)[0])
     if sessions.size == 0:
         return np.zeros(0, np.int64), np.zeros(0)
     if escalate:
@@ -165,7 +183,7 @@ def solve_lp(
     (currents or None, solver info, failure reason or None)
     """
     t0 = time.perf_counter()
-    greedy = greedy_currents_a(net)
+    greedy, greedy_from = live.greedy(net) if live is not None else (greedy_currents_a(net), 0)
     keys = NetKeys.of(net, live.book) if live is not None and backend == "highs" else None
     span = live.span(net, keys) if live is not None and keys is not None else None
     like = live.warm.problem if live is not None and live.warm is not None else None
@@ -184,6 +202,7 @@ def solve_lp(
     twin = make_twin(problem, backend, time_limit_s, mip_rel_gap, workers, scheduler, live, keys)
     try:
         current, info, reason = _repair_loop(problem, twin, greedy, t0, time_limit_s, progress)
+        info["greedy_from_step"] = greedy_from
         if isinstance(twin, PartitionedTwin):
             info["parts_by_start"] = twin.how()
             if live is not None and current is not None:
@@ -203,6 +222,24 @@ def _repair_loop(
     progress: Progress | None,
 ) -> tuple[np.ndarray | None, dict[str, Any], str | None]:
     """Solve, pin sessions that break the no-pause rule, re-solve warm; compare with greedy."""
+    # the greedy schedule's value does not depend on the solve: it is computed meanwhile
+    side = ThreadPoolExecutor(max_workers=1)
+    try:
+        greedy_value = side.submit(objective_value, problem, greedy)
+        return _repair_rounds(problem, twin, greedy, greedy_value, t0, time_limit_s, progress)
+    finally:
+        side.shutdown(wait=False)
+
+
+def _repair_rounds(
+    problem: ChargingProblem,
+    twin: Any,
+    greedy: np.ndarray,
+    greedy_value_f: Future[float],
+    t0: float,
+    time_limit_s: float | None,
+    progress: Progress | None,
+) -> tuple[np.ndarray | None, dict[str, Any], str | None]:
     info: dict[str, Any] = {
         "name": twin.name,
         "parts": getattr(twin, "n_parts", 1),
@@ -237,8 +274,10 @@ def _repair_loop(
     assert solution is not None
     # safety net: the repair rounds add bounds the greedy schedule may not meet; publish the
     # LP only if it is at least as good as greedy under the same objective
-    lp_value = objective_value(problem, current)
-    greedy_value = objective_value(problem, greedy)
+    # the solver's objective is the LP's value of its solution (slacks and deviations at their
+    # optimum); the greedy schedule is valued the same way
+    lp_value = solution.objective
+    greedy_value = greedy_value_f.result()
     info["greedy_objective"] = greedy_value
     if lp_value > greedy_value + 1e-6 * max(1.0, abs(greedy_value)):
         return (
@@ -317,7 +356,8 @@ def solve_network(
         info.update(time_s=round(time.perf_counter() - t0, 4), objective=None, gap=None)
         return build_schedule(net, cur, method=label, status="fallback", solver=info, reason=reason)
     status = "optimal" if info.get("termination") == "optimal" else "feasible"
-    return build_schedule(net, cur_lp, method=label, status=status, solver=info)
+    memo = live.rows if live is not None else None
+    return build_schedule(net, cur_lp, method=label, status=status, solver=info, memo=memo)
 
 
 def solve_scenario(scenario: Scenario, method: str = "lp", **kwargs: Any) -> dict[str, Any]:

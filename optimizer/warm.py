@@ -144,11 +144,10 @@ def model_keys(p: ChargingProblem, target_rows: np.ndarray, keys: NetKeys) -> Mo
 
 @dataclass
 class WarmState:
-    """What one solve leaves for the next, per part: keys, fingerprints, solution, live model."""
+    """What one solve leaves for the next, per part: keys, shape, solution and live model."""
 
     keys: list[ModelKeys]
     shape: list[bytes]
-    values: list[bytes]
     solution: list[LpSolution]
     models: list[Any]
     """The parts' live solver objects (their HiGHS models and bases)."""
@@ -175,23 +174,6 @@ def shape_fingerprint(p: ChargingProblem, keys: ModelKeys) -> bytes:
     for m in (p.energy_rows, p.limit_rows, p.target_rows):
         arrays += [m.indptr, m.indices, m.data]
     return _digest(arrays)
-
-
-def value_fingerprint(p: ChargingProblem) -> bytes:
-    """Bounds, costs and right-hand sides of a part: with an equal shape, equal means the same
-    LP (and the same optimum)."""
-    return _digest(
-        [
-            p.i_lo_a,
-            p.i_hi_a,
-            p.i_req_a,
-            p.i_cost_per_a,
-            p.need_eff_kwh,
-            p.u_hi_kwh,
-            p.limit_rhs,
-            p.target_kw,
-        ]
-    )
 
 
 def basis_of(twin: HighsTwin) -> tuple[np.ndarray, np.ndarray]:

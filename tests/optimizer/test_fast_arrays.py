@@ -68,7 +68,11 @@ def test_anchor_fill_on_variables_equals_the_dense_rule(seed: int, caps: bool) -
     p = build_problem(net, anchor_a=anchor)
     need = np.where(np.isnan(net.need_kwh), net.most_a_per_stay() * net.kw_per_a * net.dt_h, 0.0)
     need = np.where(np.isnan(net.need_kwh), need, np.minimum(np.nan_to_num(net.need_kwh), need))
-    fills, after = _anchor_fill(net, anchor, need, p.var_session, p.var_step, p.kwh_per_a)
+    width = np.bincount(p.var_session, minlength=net.n_sessions)
+    run_start = np.repeat(np.cumsum(width) - width, width)
+    fills, after = _anchor_fill(
+        net, anchor, need, p.var_session, p.var_step, p.kwh_per_a, run_start
+    )
     e_cum = np.cumsum(anchor * (net.kw_per_a * net.dt_h)[:, None], axis=1)
     want_fills = (e_cum[:, -1] >= need - 1e-6) & (need > 1e-9) & ~net.pause_consent
     fill_step = np.argmax(e_cum >= (need - 1e-6)[:, None], axis=1)
