@@ -97,13 +97,23 @@ def greedy_run(net: Network, resume: tuple[int, GreedyRun] | None = None) -> Gre
         return GreedyRun(current, trace)
     kwh_per_a = net.kw_per_a * net.dt_h
     req_all = required_level_a(net)
-    coef = net.groups.coef.tocsc()  # columns sliced to the sessions charging in each step
-    member_t = coef.T.tocsr()  # sessions × groups: the groups each session belongs to
+    # sessions × groups: the groups each session belongs to, with its coefficient in each
+    member_t = net.groups.coef.T.tocsr()
     indptr = member_t.indptr
     group_of = member_t.indices
+    coef_of = member_t.data
     n_groups = np.diff(indptr)
+    n_all = net.groups.n
     max_step_kwh = np.maximum(net.max_a * kwh_per_a, 1e-12)
     pause = net.pause_consent
+
+    def memberships(sess: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Flat positions of the group memberships of ``sess``, each session's first one,
+        and the session (position in ``sess``) of each membership."""
+        lens = n_groups[sess]
+        starts = np.cumsum(lens) - lens
+        flat = np.repeat(indptr[sess] - starts, lens) + np.arange(lens.sum())
+        return flat, starts, np.repeat(np.arange(sess.size), lens)
 
     for t in range(start, steps):
         trace[t] = remaining
@@ -118,7 +128,9 @@ def greedy_run(net: Network, resume: tuple[int, GreedyRun] | None = None) -> Gre
         level = np.minimum(req_all[idx, t], hi)
         alloc = np.where(pause[idx], 0.0, level)
         limit = net.groups.limit[:, t]
-        coef_t = coef[:, idx]
+        # every group's sum so far [A] or [kW]; kept up to date as currents are handed out
+        flat, _, owner = memberships(idx)
+        used = np.bincount(group_of[flat], weights=coef_of[flat] * alloc[owner], minlength=n_all)
         laxity = (net.end[idx] - t) - rem / max_step_kwh[idx]
         order = np.argsort(laxity, kind="stable")
         cuts = np.searchsorted(laxity[order], LAXITY_EDGES_STEPS, side="left")
@@ -131,28 +143,26 @@ def greedy_run(net: Network, resume: tuple[int, GreedyRun] | None = None) -> Gre
             bucket = bucket[lens > 0]
             if bucket.size == 0:
                 continue
-            # flat positions of the bucket's group memberships, and where each session starts
-            sess = idx[bucket]
-            lens = n_groups[sess]
-            starts = np.cumsum(lens) - lens
-            flat = np.repeat(indptr[sess] - starts, lens) + np.arange(lens.sum())
+            # the bucket's group memberships (one entry each), and where each session starts
+            flat, starts, owner = memberships(idx[bucket])
             groups_flat = group_of[flat]
+            coef_flat = coef_of[flat]
             limit_flat = limit[groups_flat]
             want = hi[bucket] - alloc[bucket]
-            want_all = np.zeros(idx.size)
             for _ in range(ROUNDS):
                 if want.max() <= 1e-9:
                     break
-                # headroom and demand of the bucket's groups only (one entry per membership)
-                headroom = np.maximum(limit_flat - (coef_t @ alloc)[groups_flat], 0.0)
-                want_all[bucket] = want
-                demand = (coef_t @ want_all)[groups_flat]
+                # headroom and demand of the bucket's groups only
+                headroom = np.maximum(limit_flat - used[groups_flat], 0.0)
+                demand = np.bincount(groups_flat, weights=coef_flat * want[owner], minlength=n_all)
+                demand = demand[groups_flat]
                 with np.errstate(divide="ignore", invalid="ignore"):
                     ratio = np.where(demand > 1e-12, np.minimum(headroom / demand, 1.0), 1.0)
                 # a session's factor: the tightest ratio among its groups
                 factor = np.minimum.reduceat(ratio, starts)
                 give = want * factor
                 alloc[bucket] += give
+                used += np.bincount(groups_flat, weights=coef_flat * give[owner], minlength=n_all)
                 want = want - give
         # a pause-consent session that could not reach its level is paused (frees headroom)
         alloc[pause[idx] & (alloc < level - 1e-9)] = 0.0

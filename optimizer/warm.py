@@ -15,6 +15,7 @@ arrays did not change at all is not solved again: its previous solution still ho
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,20 @@ class KeyBook:
     step_s: int | None = None
     origin: int | None = None
     """Absolute step (start time / step length) that keys count from."""
+    last: dict[str, tuple[Any, np.ndarray]] = field(default_factory=dict, repr=False)
+    """Per family, the names last looked up and their ids (a live engine mostly sees the same
+    sessions and groups again)."""
+
+    def family(self, tag: str, names: Any, spelled: Callable[[], list[str]]) -> np.ndarray:
+        """Ids of ``names`` (compared with ``==``) spelled out by ``spelled``; the same names
+        as the last call of this family give the same (read-only) array."""
+        last = self.last.get(tag)
+        if last is not None and last[0] == names:
+            return last[1]
+        out = self.of(spelled())
+        out.flags.writeable = False
+        self.last[tag] = (names, out)
+        return out
 
     def of(self, names: list[str]) -> np.ndarray:
         out = np.empty(len(names), dtype=np.int64)
@@ -83,10 +98,16 @@ class NetKeys:
         step0 = book.step0(net)
         if step0 is None:
             return None
-        groups = [f"g:{k}:{s}" for k, s in zip(net.groups.kind, net.groups.subject, strict=True)]
+        kind, subject = net.groups.kind, net.groups.subject
         return cls(
-            session=book.of([f"s:{s}" for s in net.session_ids]),
-            group=book.of(groups),
+            session=book.family(
+                "s", list(net.session_ids), lambda: [f"s:{s}" for s in net.session_ids]
+            ),
+            group=book.family(
+                "g",
+                (list(kind), list(subject)),
+                lambda: [f"g:{k}:{s}" for k, s in zip(kind, subject, strict=True)],
+            ),
             target_node=book.of([f"t:{n}" for n in net.target_nodes]),
             step0=step0,
             steps=net.steps,
