@@ -105,6 +105,13 @@ def no_pause_dip_cells(
     return cell_s[dip], cell_t[dip]
 
 
+def prepare(net: Network) -> None:
+    """Compute the per-network arrays the checks of a schedule use (plugged-in cells, their
+    levels, node membership), so that a solver can have them ready while it solves."""
+    _cell_constants(net)
+    node_power_matrix_kw(net, np.zeros((net.n_sessions, 0)))
+
+
 def _cell_constants(net: Network) -> tuple[np.ndarray, np.ndarray]:
     """Energy per ampere [kWh/A] and no-pause level [A] of every plugged-in cell (in the order
     of :func:`present_cells`). Computed once per network."""
@@ -114,7 +121,8 @@ def _cell_constants(net: Network) -> tuple[np.ndarray, np.ndarray]:
         req = required_level_a(net)[cell_s, cell_t]
         kwh.flags.writeable = False
         req.flags.writeable = False
-        net._memo["cell_kwh_per_a"], net._memo["cell_level_a"] = kwh, req
+        net._memo["cell_level_a"] = req
+        net._memo["cell_kwh_per_a"] = kwh  # last: its presence means both are there
     return net._memo["cell_kwh_per_a"], net._memo["cell_level_a"]
 
 

@@ -27,7 +27,7 @@ from optimizer.greedy import GreedyRun, first_changed_step, greedy_currents_a, g
 from optimizer.lp_highs import LpSolution
 from optimizer.network import Network, compile_network
 from optimizer.problem import ChargingProblem, Weights, build_problem, objective_value
-from optimizer.result import RowMemo, build_schedule, no_pause_dip_cells
+from optimizer.result import RowMemo, build_schedule, no_pause_dip_cells, prepare
 from optimizer.scenario import Scenario
 from optimizer.uncontrolled import uncontrolled_currents_a
 from optimizer.warm import KeyBook, NetKeys, WarmState
@@ -226,6 +226,8 @@ def _repair_loop(
     side = ThreadPoolExecutor(max_workers=1)
     try:
         greedy_value = side.submit(objective_value, problem, greedy)
+        if problem.net is not None:  # and the arrays the checks of the result need
+            side.submit(prepare, problem.net)
         return _repair_rounds(problem, twin, greedy, greedy_value, t0, time_limit_s, progress)
     finally:
         side.shutdown(wait=False)
