@@ -384,23 +384,20 @@ class PartitionedTwin:
         self.dirty = [True] * n
         self.last: list[LpSolution | None] = [None] * n
         self.warm_layout = warm_layout
-        self._warm = warm
+        # with the previous layout, the sessions are in the same parts as before
+        self._session_part = warm.session_part if warm_layout and warm is not None else None
         self.scheduler = scheduler
         self._pool: ThreadPoolExecutor | None = None
         if net_keys is None and book is not None and problem.net is not None:
             net_keys = NetKeys.of(problem.net, book)
         self.net_keys = net_keys
-        self.keys: list[ModelKeys] = []
-        self.shapes: list[bytes] = []
-        if self.net_keys is not None:
-            for k, pt in enumerate(self.parts):
-                if warm_layout and warm is not None:
-                    self.keys.append(warm.keys[k])
-                    self.shapes.append(warm.shape[k])
-                else:
-                    mk = model_keys(pt.problem, pt.target_rows, self.net_keys)
-                    self.keys.append(mk)
-                    self.shapes.append(shape_fingerprint(pt.problem, mk))
+        # stable keys and shape fingerprints of the parts, made when first needed: with the
+        # previous layout they are the previous ones, and after a reshaping change (a rolled
+        # grid) a part whose sizes differ from its predecessor's cannot have its shape
+        self.keys: list[ModelKeys | None] = [None] * n
+        self.shapes: list[bytes | None] = [None] * n
+        if self.net_keys is not None and warm_layout and warm is not None:
+            self.keys, self.shapes = warm.keys, warm.shape
         options = {"time_limit_s": time_limit_s, "mip_rel_gap": mip_rel_gap}
         self.solvers: list[Any]
         if scheduler is not None:
@@ -423,12 +420,31 @@ class PartitionedTwin:
             self.local[pt.var] = np.arange(pt.var.size)
         self.build_time_s = time.perf_counter() - t0
 
+    def key_of(self, k: int) -> ModelKeys:
+        """Stable keys of part ``k``'s columns and rows."""
+        got = self.keys[k]
+        if got is None:
+            assert self.net_keys is not None, "keys need the network's stable ids"
+            pt = self.parts[k]
+            got = self.keys[k] = model_keys(pt.problem, pt.target_rows, self.net_keys)
+        return got
+
+    def shape_of(self, k: int) -> bytes:
+        """Shape fingerprint of part ``k`` (:func:`optimizer.warm.shape_fingerprint`)."""
+        got = self.shapes[k]
+        if got is None:
+            got = self.shapes[k] = shape_fingerprint(self.parts[k].problem, self.key_of(k))
+        return got
+
     def _local_solvers(self, options: dict[str, Any], warm: WarmState | None) -> list[Any]:
         """One lazily built model per part; with a previous state, reuse what still holds."""
         n = len(self.parts)
+        mapped = self.map_bases and self.net_keys is not None
         if warm is None or self.net_keys is None:
-            keys: list[ModelKeys | None] = list(self.keys) if self.keys else [None] * n
-            return [_LazyTwin(pt.problem, options, keys[k]) for k, pt in enumerate(self.parts)]
+            return [
+                _LazyTwin(pt.problem, options, self.key_of(k) if mapped else None)
+                for k, pt in enumerate(self.parts)
+            ]
         solvers: list[Any] = []
         taken: set[int] = set()
         for k, pt in enumerate(self.parts):
@@ -436,7 +452,7 @@ class PartitionedTwin:
             j = k if self.warm_layout else self._prior_part(pt, warm, self.net_keys)
             prior = warm.models[j] if j >= 0 else None
             usable = isinstance(prior, _LazyTwin) and not prior.repaired
-            same = usable and j not in taken and warm.shape[j] == self.shapes[k]
+            same = usable and j not in taken and self._same_shape(k, warm, j)
             inplace = bool(same) and self.parts[k].problem.binary_vars.size == 0
             if inplace:
                 taken.add(j)
@@ -447,7 +463,7 @@ class PartitionedTwin:
                 _LazyTwin(
                     pt.problem,
                     options,
-                    keys=self.keys[k],
+                    keys=self.key_of(k) if mapped else None,
                     prior=prior if keep else None,
                     inplace=inplace,
                     # in place with nothing changed: the same LP, its optimum holds
@@ -456,6 +472,20 @@ class PartitionedTwin:
             )
         assert len(solvers) == n
         return solvers
+
+    def _same_shape(self, k: int, warm: WarmState, j: int) -> bool:
+        """Part ``k`` has the shape of the previous part ``j``."""
+        if self.warm_layout:
+            return k == j  # the same layout, cut the same way
+        if warm.parts is None or warm.source is None:
+            return False
+        a, b = self.parts[k].problem, warm.parts[j].problem
+        sizes = (
+            (p.n_vars, p.energy_session.size, p.limit_rhs.size, p.target_kw.size) for p in (a, b)
+        )
+        if next(sizes) != next(sizes):
+            return False
+        return bool(warm.source.shape_of(j) == self.shape_of(k))
 
     @staticmethod
     def _prior_part(part: Part, warm: WarmState, keys: NetKeys) -> int:
@@ -480,8 +510,8 @@ class PartitionedTwin:
             return None
         if any(s is None for s in self.last):
             return None
-        if self.warm_layout and self._warm is not None:
-            session_part = self._warm.session_part  # the same sessions in the same parts
+        if self._session_part is not None:
+            session_part = self._session_part
         else:
             size = int(self.net_keys.session.max(initial=-1)) + 1
             session_part = np.full(size, -1, np.int64)
@@ -490,6 +520,7 @@ class PartitionedTwin:
         return WarmState(
             keys=self.keys,
             shape=self.shapes,
+            source=self,
             solution=[s for s in self.last if s is not None],
             models=list(self.solvers),
             session_part=session_part,
@@ -557,6 +588,11 @@ class PartitionedTwin:
             time_s=elapsed,
             slack=slack,
         )
+
+
+def _sizes(p: ChargingProblem) -> tuple[int, int, int, int]:
+    """Columns and rows of a part's LP: parts of another size have another shape."""
+    return (p.n_vars, p.energy_session.size, p.limit_rhs.size, p.target_kw.size)
 
 
 def part_sizes(twin: PartitionedTwin) -> list[int]:

@@ -167,8 +167,9 @@ def model_keys(p: ChargingProblem, target_rows: np.ndarray, keys: NetKeys) -> Mo
 class WarmState:
     """What one solve leaves for the next, per part: keys, shape, solution and live model."""
 
-    keys: list[ModelKeys]
-    shape: list[bytes]
+    keys: list[ModelKeys | None]
+    shape: list[bytes | None]
+    """Per part, made when first needed (see ``source``)."""
     solution: list[LpSolution]
     models: list[Any]
     """The parts' live solver objects (their HiGHS models and bases)."""
@@ -178,6 +179,8 @@ class WarmState:
     """The whole problem solved (its matrices are shared when the next one has its layout)."""
     parts: list[Any] | None = None
     """Its parts (:class:`optimizer.decompose.Part`)."""
+    source: Any = None
+    """The partitioned twin that solved it: makes a part's keys and shape on demand."""
 
 
 def _digest(arrays: list[np.ndarray]) -> bytes:
