@@ -354,7 +354,9 @@ def solve_network(
     if cur_lp is None:
         if progress:
             progress("falling back to greedy")
-        cur = greedy_currents_a(net)
+        # the anchor of this solve is the greedy schedule of this network
+        run = live.greedy_run if live is not None and live.greedy_net is net else None
+        cur = run.current_a if run is not None else greedy_currents_a(net)
         info.update(time_s=round(time.perf_counter() - t0, 4), objective=None, gap=None)
         return build_schedule(net, cur, method=label, status="fallback", solver=info, reason=reason)
     status = "optimal" if info.get("termination") == "optimal" else "feasible"

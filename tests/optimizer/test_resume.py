@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from optimizer.checker import check_schedule, explained
 from optimizer.engine import LiveEngine
 from optimizer.greedy import first_changed_step, greedy_run
 from optimizer.network import Network, compile_network
@@ -201,3 +202,18 @@ def test_the_engine_schedule_equals_one_built_without_its_memory() -> None:
     assert warm["sessions"] == plain["sessions"]
     assert warm["nodes"] == plain["nodes"]
     assert warm["violations"] == plain["violations"]
+
+
+def test_a_live_fallback_publishes_the_greedy_anchor_of_the_same_network() -> None:
+    raw = base()
+    engine = LiveEngine(workers=2)
+    engine.solve(net_of(raw))
+    changed = copy.deepcopy(raw)
+    cap_step(9)(changed)
+    engine.time_limit_s = 1e-9  # no time to solve: the greedy schedule goes out
+    net = net_of(changed)
+    out = engine.solve(net)
+    assert out["status"] == "fallback"
+    assert out["sessions"] == solve_network(net_of(changed), "greedy")["sessions"]
+    found = check_schedule(changed, out)
+    assert explained(found, out["violations"]) == [], found
