@@ -384,6 +384,8 @@ class PartitionedTwin:
         self.dirty = [True] * n
         self.last: list[LpSolution | None] = [None] * n
         self.warm_layout = warm_layout
+        # expected solve time of each part (sorts the queue): cold parts by size, first
+        self.expect_s = [1e3 + pt.var.size for pt in self.parts]
         # with the previous layout, the sessions are in the same parts as before
         self._session_part = warm.session_part if warm_layout and warm is not None else None
         self.scheduler = scheduler
@@ -456,6 +458,7 @@ class PartitionedTwin:
             inplace = bool(same) and self.parts[k].problem.binary_vars.size == 0
             if inplace:
                 taken.add(j)
+                self.expect_s[k] = warm.solution[j].time_s
             # another shape: a basis mapped by key only when asked for (HiGHS skips presolve
             # when it starts from a basis, which measured slower than a cold solve at scale)
             keep = usable and (inplace or self.map_bases)
@@ -563,11 +566,17 @@ class PartitionedTwin:
     def solve(self) -> LpSolution:
         """Solve the parts whose bounds changed (all on the first call) and assemble."""
         t0 = time.perf_counter()
-        todo = [k for k, d in enumerate(self.dirty) if d]
+        # longest first, so that the threads finish together: a part's last solve time, or
+        # its size before it has one (cold solves first)
+        todo = sorted(
+            (k for k, d in enumerate(self.dirty) if d),
+            key=lambda k: -self.expect_s[k],
+        )
         fresh = self._run([self.solvers[k].solve for k in todo])
         for k, sol in zip(todo, fresh, strict=True):
             self.last[k] = sol
             self.dirty[k] = sol.status != "optimal"
+            self.expect_s[k] = sol.time_s
         sols = [s for s in self.last if s is not None]
         elapsed = time.perf_counter() - t0
         x = np.zeros(self.p.n_vars)
