@@ -21,6 +21,7 @@ from api.db import make_engine, make_sessionmaker, migrate, transaction
 from api.main import create_app
 from api.models import OutboxItem, Profile, ProfileChange
 from api.models_dr import DrCurtailment
+from api.outbox import claim_due
 from api.publish import reoptimise, same_from_start, step_limits_a
 from api.settings import Settings
 from optimizer.profiles import charging_profile_id
@@ -343,11 +344,7 @@ def test_activation_rows_equal_the_reference_forms_and_ids_do_not_collide(
         assert p.run_id == -out["activation_id"]
         assert changes[p.cursor].session_id == sid and changes[p.cursor].run_id == p.run_id
         item = items[sid]
-        assert item.cursor == p.cursor and item.status == "pending"
-        assert item.payload == {
-            "charging_profile": forms["ocpi"],
-            "response_url": f"{settings.public_url.rstrip('/')}/v1/profiles/results/{item.id}",
-        }
+        assert item.cursor == p.cursor and item.status == "pending" and item.payload is None
         assert c.planned_kwh == pytest.approx(
             dr.planned_kwh(
                 before[sid],
@@ -371,6 +368,19 @@ def test_activation_rows_equal_the_reference_forms_and_ids_do_not_collide(
             p.ocpp16,
             p.ocpp201,
         )
+    # the outbox sends each curtailed session its curtailment profile (composed from the
+    # profile the item names) and never the scheduler's profile it replaced
+    due = datetime.now(UTC)
+    sent = {}
+    while claimed := claim_due(factory, due, due + timedelta(seconds=20), settings.public_url):
+        assert claimed.session_id not in sent
+        sent[claimed.session_id] = claimed
+    for sid in curtailed:
+        assert sent[sid].id == items[sid].id
+        assert sent[sid].payload == {
+            "charging_profile": after[sid].ocpi,
+            "response_url": f"{settings.public_url.rstrip('/')}/v1/profiles/results/{sent[sid].id}",
+        }
     # the next publisher gets cursors and outbox ids after the reserved ones
     top_cursor, top_item = max(changes), max(i.id for i in items.values())
     with transaction(factory) as db:
