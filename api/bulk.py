@@ -25,7 +25,7 @@ from typing import Any, cast
 import orjson
 from sqlalchemy import JSON, Connection, Table, text
 
-from api.db import UTCDateTime
+from api.db import JSONText, UTCDateTime
 
 _ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
@@ -72,7 +72,7 @@ def _encoder(conn: Connection, table: Table, name: str) -> Callable[[Any], Any]:
     """Function turning a Python value of column ``name`` into what the driver gets."""
     col = table.c[name]
     dialect = conn.dialect
-    if isinstance(col.type, JSON):
+    if isinstance(col.type, JSON | JSONText):
         return lambda v: None if v is None else dumps(v)
     proc = col.type.dialect_impl(dialect).bind_processor(dialect)
     if proc is None:
@@ -145,7 +145,7 @@ def insert_columns(
         values = list(data[name])
         enc = _encoder(conn, table, name)
         if name in json_text:
-            if not isinstance(table.c[name].type, JSON):
+            if not isinstance(table.c[name].type, JSON | JSONText):
                 raise ValueError(f"{name}: json_text names a column that is not JSON")
         elif enc is not _identity:
             values = [v.text if isinstance(v, Encoded) else enc(v) for v in values]

@@ -14,12 +14,16 @@ reference forms, key order included (tested on random profiles).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import chain
+from operator import itemgetter
 from typing import Any, cast
 
 import numpy as np
+import pandas as pd
 from numpy.typing import NDArray
 
 from api.bulk import dumps
@@ -61,6 +65,12 @@ def _texts(values: FloatArray) -> list[str]:
     return _formatted((values,), dumps)
 
 
+def _factorize(values: NDArray[Any]) -> tuple[IntArray, NDArray[Any]]:
+    """``(codes, uniques)`` with ``uniques[codes] == values``, by hashing (no sort)."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=False)
+    return codes.astype(np.int64, copy=False), np.asarray(uniques)
+
+
 def _formatted(columns: tuple[NDArray[Any], ...], fmt: Callable[..., str]) -> list[str]:
     """``fmt(*row)`` for every row of ``columns`` (Python values), each distinct row formatted
     once."""
@@ -70,10 +80,10 @@ def _formatted(columns: tuple[NDArray[Any], ...], fmt: Callable[..., str]) -> li
     code = np.zeros(n, dtype=np.int64)
     uniques = []
     for col in columns:
-        u, inv = np.unique(col, return_inverse=True)
-        code = code * u.size + inv.reshape(-1)
+        inv, u = _factorize(col)
+        code = code * u.size + inv
         uniques.append(u)
-    ucode, inv = np.unique(code, return_inverse=True)
+    inv, ucode = _factorize(code)
     parts = []
     rest = ucode
     for u in reversed(uniques):
@@ -81,7 +91,18 @@ def _formatted(columns: tuple[NDArray[Any], ...], fmt: Callable[..., str]) -> li
         rest = rest // u.size
     parts.reverse()
     texts = np.array([fmt(*row) for row in zip(*parts, strict=True)], dtype=object)
-    return cast(list[str], texts[inv.reshape(-1)].tolist())
+    return cast(list[str], texts[inv].tolist())
+
+
+_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f\ud800-\udfff]')
+
+
+def _json_strings(values: Sequence[str]) -> list[str]:
+    """JSON text of every string (as :func:`api.bulk.dumps` writes it); strings without a
+    quote, backslash or control character, all of them in practice, are only quoted."""
+    if _NEEDS_ESCAPE.search("".join(values)) is None:
+        return [f'"{v}"' for v in values]
+    return [dumps(v) for v in values]
 
 
 def _join_groups(fragments: list[str], counts: IntArray) -> list[str]:
@@ -139,10 +160,15 @@ def render_batch(
     rate_missing = np.zeros(m, dtype=bool)
     unit_a = np.zeros(m, dtype=bool)
     counts = np.zeros(m, dtype=np.int64)
-    seg_off: list[Any] = []
-    seg_lim: list[Any] = []
     stamps: dict[str, float] = {}
-    for k, prev in enumerate(previous):
+    idx: list[int] = []
+    starts: list[float] = []
+    durations_prev: list[Any] = []
+    rates_prev: list[Any] = []
+    units: list[bool] = []
+    n_periods: list[int] = []
+    period_lists: list[list[dict[str, Any]]] = []
+    for k, prev in enumerate(previous):  # plain lists here; one numpy assignment per field below
         if prev is None:
             continue
         periods = prev["charging_profile_period"]
@@ -152,18 +178,25 @@ def render_batch(
         p0 = stamps.get(stamp)
         if p0 is None:
             p0 = stamps[stamp] = datetime.fromisoformat(stamp).timestamp()
-        has[k] = True
-        p_start[k] = p0
-        p_end[k] = p0 + float(prev["duration"])
-        rate = prev.get("min_charging_rate")
-        if rate is None:
-            rate_missing[k] = True
-        else:
-            p_rate[k] = float(rate)
-        unit_a[k] = prev.get("charging_rate_unit") == "A"
-        counts[k] = len(periods)
-        seg_off += [p["start_period"] for p in periods]
-        seg_lim += [p["limit"] for p in periods]
+        idx.append(k)
+        starts.append(p0)
+        durations_prev.append(prev["duration"])
+        rates_prev.append(prev.get("min_charging_rate"))
+        units.append(prev.get("charging_rate_unit") == "A")
+        n_periods.append(len(periods))
+        period_lists.append(periods)
+    if idx:
+        at = np.array(idx, dtype=np.int64)
+        has[at] = True
+        p_start[at] = starts
+        p_end[at] = p_start[at] + np.array(durations_prev, dtype=np.float64)
+        rate_missing[at] = [r is None for r in rates_prev]
+        p_rate[at] = [0.0 if r is None else float(r) for r in rates_prev]
+        unit_a[at] = units
+        counts[at] = n_periods
+    flat = list(chain.from_iterable(period_lists))
+    seg_off = list(map(itemgetter("start_period"), flat))
+    seg_lim = list(map(itemgetter("limit"), flat))
     seg_of = np.repeat(np.arange(m, dtype=np.int64), counts)
     first = np.cumsum(counts) - counts  # index of each session's first segment
     seg_s = p_start[seg_of] + np.asarray(seg_off, dtype=np.float64)
@@ -261,9 +294,15 @@ def render_batch(
         '"chargingProfilePurpose":"TxProfile","chargingProfileKind":"Absolute",'
         f'"chargingSchedule":[{{"id":{pid},"startSchedule":"{stamp}","duration":{d},'
         f'"chargingRateUnit":"A","chargingSchedulePeriod":{p},"minChargingRate":{r}}}],'
-        f'"transactionId":{dumps(sid)}}}}}'
+        f'"transactionId":{sid}}}}}'
         for e, pid, d, r, p, sid in zip(
-            evse_id, profile_id, durations, rates, ocpp_periods, session_ids, strict=True
+            evse_id,
+            profile_id,
+            durations,
+            rates,
+            ocpp_periods,
+            _json_strings(session_ids),
+            strict=True,
         )
     ]
     return Batch(
