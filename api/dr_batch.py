@@ -112,6 +112,91 @@ def _join_groups(fragments: list[str], counts: IntArray) -> list[str]:
     return ["[" + ",".join(fragments[a:b]) + "]" for a, b in zip(starts, ends, strict=True)]
 
 
+@dataclass
+class Published:
+    """The published OCPI profiles of ``m`` sessions, flattened into arrays.
+
+    Attributes
+    ----------
+    has : array of bool
+        The session has a published profile with at least one period.
+    start_s, end_s : array of float
+        Start and end of each profile [s since the epoch] (0 where ``has`` is False).
+    min_rate : array of float
+        ``min_charging_rate`` [A] (0 where missing).
+    rate_missing, unit_a : array of bool
+        No ``min_charging_rate``; ``charging_rate_unit`` is ``"A"``.
+    counts : array of int
+        Periods of each profile.
+    seg_off, seg_lim : array of float
+        ``start_period`` [s] and ``limit`` of every period, session by session.
+    """
+
+    has: NDArray[np.bool_]
+    start_s: FloatArray
+    end_s: FloatArray
+    min_rate: FloatArray
+    rate_missing: NDArray[np.bool_]
+    unit_a: NDArray[np.bool_]
+    counts: IntArray
+    seg_off: FloatArray
+    seg_lim: FloatArray
+
+    @property
+    def m(self) -> int:
+        return int(self.has.size)
+
+
+def published_from_dicts(previous: Sequence[Mapping[str, Any] | None]) -> Published:
+    """:class:`Published` of decoded OCPI profiles (None: none published)."""
+    m = len(previous)
+    has = np.zeros(m, dtype=bool)
+    p_start = np.zeros(m)
+    p_end = np.zeros(m)
+    p_rate = np.zeros(m)
+    rate_missing = np.zeros(m, dtype=bool)
+    unit_a = np.zeros(m, dtype=bool)
+    counts = np.zeros(m, dtype=np.int64)
+    stamps: dict[str, float] = {}
+    idx: list[int] = []
+    starts: list[float] = []
+    durations: list[Any] = []
+    rates: list[Any] = []
+    units: list[bool] = []
+    n_periods: list[int] = []
+    period_lists: list[list[dict[str, Any]]] = []
+    for k, prev in enumerate(previous):  # plain lists here; one numpy assignment per field below
+        if prev is None:
+            continue
+        periods = prev["charging_profile_period"]
+        if not periods:
+            continue
+        stamp = prev["start_date_time"]
+        p0 = stamps.get(stamp)
+        if p0 is None:
+            p0 = stamps[stamp] = datetime.fromisoformat(stamp).timestamp()
+        idx.append(k)
+        starts.append(p0)
+        durations.append(prev["duration"])
+        rates.append(prev.get("min_charging_rate"))
+        units.append(prev.get("charging_rate_unit") == "A")
+        n_periods.append(len(periods))
+        period_lists.append(periods)
+    if idx:
+        at = np.array(idx, dtype=np.int64)
+        has[at] = True
+        p_start[at] = starts
+        p_end[at] = p_start[at] + np.array(durations, dtype=np.float64)
+        rate_missing[at] = [r is None for r in rates]
+        p_rate[at] = [0.0 if r is None else float(r) for r in rates]
+        unit_a[at] = units
+        counts[at] = n_periods
+    flat = list(chain.from_iterable(period_lists))
+    seg_off = np.asarray(list(map(itemgetter("start_period"), flat)), dtype=np.float64)
+    seg_lim = np.asarray(list(map(itemgetter("limit"), flat)), dtype=np.float64)
+    return Published(has, p_start, p_end, p_rate, rate_missing, unit_a, counts, seg_off, seg_lim)
+
+
 def render_batch(
     *,
     start: datetime,
@@ -121,7 +206,7 @@ def render_batch(
     evse_id: Sequence[int],
     profile_id: Sequence[int],
     session_ids: Sequence[str],
-    previous: Sequence[Mapping[str, Any] | None],
+    previous: Sequence[Mapping[str, Any] | None] | Published,
     voltage_v: float,
     step_s: int,
 ) -> Batch:
@@ -140,8 +225,9 @@ def render_batch(
         Phases of every session.
     evse_id, profile_id, session_ids : sequence
         Connector/EVSE id, charging-profile id and session id of every session.
-    previous : sequence of dict or None
-        The published OCPI profile of every session (None: none published).
+    previous : sequence of dict or None, or Published
+        The published OCPI profile of every session (None: none published), or all of them
+        flattened (:func:`published_from_dicts`).
     voltage_v : float
         Phase voltage [V] (planned energy).
     step_s : int
@@ -152,51 +238,13 @@ def render_batch(
     limit = np.array([round(float(x), 1) for x in np.asarray(limit_a).tolist()], dtype=np.float64)
     until = np.asarray(until_s, dtype=np.float64)
     phases = np.asarray(n_phases, dtype=np.int64)
-    # flatten the published profiles
-    has = np.zeros(m, dtype=bool)
-    p_start = np.zeros(m)
-    p_end = np.zeros(m)
-    p_rate = np.zeros(m)
-    rate_missing = np.zeros(m, dtype=bool)
-    unit_a = np.zeros(m, dtype=bool)
-    counts = np.zeros(m, dtype=np.int64)
-    stamps: dict[str, float] = {}
-    idx: list[int] = []
-    starts: list[float] = []
-    durations_prev: list[Any] = []
-    rates_prev: list[Any] = []
-    units: list[bool] = []
-    n_periods: list[int] = []
-    period_lists: list[list[dict[str, Any]]] = []
-    for k, prev in enumerate(previous):  # plain lists here; one numpy assignment per field below
-        if prev is None:
-            continue
-        periods = prev["charging_profile_period"]
-        if not periods:
-            continue
-        stamp = prev["start_date_time"]
-        p0 = stamps.get(stamp)
-        if p0 is None:
-            p0 = stamps[stamp] = datetime.fromisoformat(stamp).timestamp()
-        idx.append(k)
-        starts.append(p0)
-        durations_prev.append(prev["duration"])
-        rates_prev.append(prev.get("min_charging_rate"))
-        units.append(prev.get("charging_rate_unit") == "A")
-        n_periods.append(len(periods))
-        period_lists.append(periods)
-    if idx:
-        at = np.array(idx, dtype=np.int64)
-        has[at] = True
-        p_start[at] = starts
-        p_end[at] = p_start[at] + np.array(durations_prev, dtype=np.float64)
-        rate_missing[at] = [r is None for r in rates_prev]
-        p_rate[at] = [0.0 if r is None else float(r) for r in rates_prev]
-        unit_a[at] = units
-        counts[at] = n_periods
-    flat = list(chain.from_iterable(period_lists))
-    seg_off = list(map(itemgetter("start_period"), flat))
-    seg_lim = list(map(itemgetter("limit"), flat))
+    # the published profiles, flattened
+    pub = previous if isinstance(previous, Published) else published_from_dicts(previous)
+    if pub.m != m:
+        raise ValueError(f"previous: {pub.m} published profiles for {m} sessions")
+    has, p_start, p_end = pub.has, pub.start_s, pub.end_s
+    p_rate, rate_missing, unit_a, counts = pub.min_rate, pub.rate_missing, pub.unit_a, pub.counts
+    seg_off, seg_lim = pub.seg_off, pub.seg_lim
     seg_of = np.repeat(np.arange(m, dtype=np.int64), counts)
     first = np.cumsum(counts) - counts  # index of each session's first segment
     seg_s = p_start[seg_of] + np.asarray(seg_off, dtype=np.float64)

@@ -14,7 +14,10 @@ import orjson
 
 from api import dr
 from api.bulk import dumps
-from api.dr_batch import _json_strings, render_batch
+from api.dr_batch import (
+    _json_strings,
+    render_batch,
+)
 from api.settings import Settings
 from optimizer.profiles import charging_profile_id
 from tests.api.test_dr_bulk import PREVIOUS
@@ -113,5 +116,7 @@ def test_session_ids_are_json_text_as_the_encoder_writes_them() -> None:
     assert _json_strings(plain) == [dumps(v) for v in plain]
     for odd in ('a"b', "a\\b", "tab\there", "nl\n", "\x01"):
         assert _json_strings([*plain, odd]) == [dumps(v) for v in [*plain, odd]]
-    cases = [(None, START + timedelta(seconds=600), 8.0, 3, sid) for sid in plain]
+    cases: list[tuple[dict[str, Any] | None, datetime, float, int, str]] = [
+        (None, START + timedelta(seconds=600), 8.0, 3, sid) for sid in plain
+    ]
     check_batch(cases)
