@@ -3,13 +3,13 @@
 For tens of thousands of rows SQLAlchemy's per-row parameter handling (bind processors, JSON
 encoding with the standard library, parameter dictionaries) costs several times the database's
 own work. These helpers encode every value once, in plain tuples, and hand them to the driver:
-``executemany`` on SQLite, ``COPY ... FROM STDIN`` on PostgreSQL. They write exactly what the
-ORM would (same columns, same stored representation: JSON text, UTC datetimes through the
-column type's own bind processor), inside the caller's transaction, so a failure rolls back
-everything with the rest of it.
+``executemany`` on SQLite, binary ``COPY ... FROM STDIN`` on PostgreSQL. They write exactly
+what the ORM would (same columns, same stored representation: JSON text, UTC datetimes through
+the column type's own bind processor), inside the caller's transaction, so a failure rolls
+back everything with the rest of it.
 
 Keys of ``autoincrement`` columns that the caller needs before the insert (a cursor that goes
-into another row, an outbox id that goes into its own payload) are reserved with
+into other rows) are reserved with
 :func:`reserve_ids`: the table's sequence on PostgreSQL, ``max + 1 ...`` on SQLite (what SQLite
 itself would assign; the write transaction holds the database's only write lock by then).
 """
