@@ -225,6 +225,7 @@ def _binary_types(conn: Connection, table: Table, columns: Sequence[str]) -> lis
 
 
 _BINARY_PYTHON: dict[str, Callable[[Any], Any]] = {
+    "text": str,
     "int2": int,
     "int4": int,
     "int8": int,
@@ -236,7 +237,8 @@ _BINARY_PYTHON: dict[str, Callable[[Any], Any]] = {
 
 def _binary_values(values: list[Any], kind: str) -> list[Any]:
     """``values`` as the driver's binary dumper of ``kind`` takes them (numbers as Python
-    ``int``/``float``: numpy scalars and ints for a float column are converted)."""
+    ``int``/``float``, text as ``str``: numpy scalars, ints for a float column and numbers for
+    a text column are converted, as the text ``COPY`` would write them)."""
     to = _BINARY_PYTHON.get(kind)
     if to is None:
         return values

@@ -479,3 +479,42 @@ def test_changed_agrees_with_same_from_start_on_random_profiles() -> None:
         assert rendered.changed == (not same_from_start(ocpi, previous)), (previous, until)
         seen[rendered.changed] += 1
     assert seen[True] > 100 and seen[False] > 100
+
+
+def test_bulk_numbers_of_other_python_types_read_back_as_floats(
+    bulk_factory: sessionmaker[Session],
+) -> None:
+    """Ints for a float column and a number for a text column are written as the values they
+    stand for, on every path."""
+    curtail = cast(Table, DrCurtailment.__table__)
+    with transaction(bulk_factory) as db:
+        insert_rows(
+            db.connection(),
+            curtail,
+            dr.CURTAILMENT_COLUMNS,
+            [
+                (3, "n-1", "r", T0, T0, 8.0, 16, 0.5, 2, None),
+                (3, "n-2", 42, T0, T0, 6, 12, 1.25, 1e-3, 7.5),
+            ],
+        )
+    with bulk_factory() as db:
+        rows = {c.session_id: c for c in db.scalars(select(DrCurtailment))}
+    a, b = rows["n-1"], rows["n-2"]
+    assert (a.activation_id, a.limit_a, a.current_before_a, a.released_kw) == (3, 8.0, 16.0, 0.5)
+    assert a.kwh_at_signal == 2.0 and a.planned_kwh is None and a.region == "r"
+    assert (b.region, b.limit_a, b.current_before_a, b.kwh_at_signal) == ("42", 6.0, 12.0, 1e-3)
+    assert b.planned_kwh == 7.5
+
+
+def test_binary_copy_values_are_plain_python_types() -> None:
+    import numpy as np
+
+    from api.bulk import _binary_values
+
+    floats = _binary_values([np.float64(8.0), 16, None, np.float32(0.5)], "float8")
+    assert floats == [8.0, 16.0, None, 0.5] and {type(v) for v in floats} == {float, type(None)}
+    ints = _binary_values([np.int64(3), 4, None], "int4")
+    assert ints == [3, 4, None] and {type(v) for v in ints} == {int, type(None)}
+    assert _binary_values([42, "x", None], "text") == ["42", "x", None]
+    same = ["a", "b"]
+    assert _binary_values(same, "text") is same  # nothing to convert: the list itself
