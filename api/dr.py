@@ -37,7 +37,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import orjson
 from prometheus_client import Counter, Gauge, Histogram
-from sqlalchemy import ARRAY, String, Table, Text, any_, bindparam, func, select, update
+from sqlalchemy import Table, Text, func, select
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -847,12 +847,11 @@ def publish_curtailments(
     ``batch`` holds the profiles of ``session_ids`` (:func:`api.dr_batch.render_batch`). The
     same rows as :func:`api.publish.publish_profiles` writes (a ``profile_changes`` cursor per
     changed session, the replaced ``profiles`` row, and with ``cpo_url`` an ``outbox`` item
-    superseding older pending ones), written through :mod:`api.bulk` (encoded once, handed to
+    naming the profile by its cursor), written through :mod:`api.bulk` (encoded once, handed to
     the driver's ``executemany`` or PostgreSQL ``COPY``): for 16,000 sessions that is the
-    difference between seconds and a fraction of one. Cursors and outbox ids are reserved
-    first, so no row is written twice (the outbox payload holds its own id). ``run_id`` is the
-    negative activation id. A session whose profile would not change is left alone. Returns
-    the changed session ids.
+    difference between seconds and a fraction of one. Cursors are reserved first, so no row is
+    written twice. ``run_id`` is the negative activation id. A session whose profile would not
+    change is left alone. Returns the changed session ids.
     """
     changed_mask = batch.changed.tolist()
     picked = sorted((sid, k) for k, sid in enumerate(session_ids) if changed_mask[k])
@@ -888,40 +887,22 @@ def publish_curtailments(
         replace_on="session_id",
     )
     if settings.cpo_url:
-        supersede = update(outbox).values(status="superseded", updated_at=now)
-        if conn.dialect.name == "postgresql":  # one array parameter, not thousands
-            conn.execute(
-                supersede.where(
-                    outbox.c.session_id == any_(bindparam("ids", changed, type_=ARRAY(String))),
-                    outbox.c.status == "pending",
-                )
-            )
-        else:
-            for chunk in _chunks(changed):
-                conn.execute(
-                    supersede.where(outbox.c.session_id.in_(chunk), outbox.c.status == "pending")
-                )
-        item_ids = reserve_ids(conn, outbox, "id", len(changed))
-        results = dumps(settings.public_url.rstrip("/") + "/v1/profiles/results/")[:-1]
+        # the items name their profiles by cursor: no second copy of the OCPI text, and the
+        # older pending items of these sessions are superseded by the outbox worker, not
+        # rewritten here (api/outbox.py)
+        m = len(rows)
         insert_columns(
             conn,
             outbox,
             {
-                "id": item_ids,
                 "session_id": changed,
                 "cursor": cursors,
-                # {"charging_profile": <OCPI>, "response_url": ".../results/<id>"}
-                "payload": [
-                    f'{{"charging_profile":{batch.ocpi[k]},"response_url":{results}{item_id}"}}'
-                    for item_id, k in zip(item_ids, rows, strict=True)
-                ],
-                "status": ["pending"] * len(rows),
-                "attempts": [0] * len(rows),
-                "next_attempt_at": [now] * len(rows),
-                "created_at": [now] * len(rows),
-                "updated_at": [now] * len(rows),
+                "status": ["pending"] * m,
+                "attempts": [0] * m,
+                "next_attempt_at": [now] * m,
+                "created_at": [now] * m,
+                "updated_at": [now] * m,
             },
-            json_text=("payload",),
         )
     return changed
 

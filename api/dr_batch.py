@@ -14,12 +14,16 @@ reference forms, key order included (tested on random profiles).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import chain
+from operator import itemgetter
 from typing import Any, cast
 
 import numpy as np
+import pandas as pd
 from numpy.typing import NDArray
 
 from api.bulk import dumps
@@ -61,6 +65,12 @@ def _texts(values: FloatArray) -> list[str]:
     return _formatted((values,), dumps)
 
 
+def _factorize(values: NDArray[Any]) -> tuple[IntArray, NDArray[Any]]:
+    """``(codes, uniques)`` with ``uniques[codes] == values``, by hashing (no sort)."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=False)
+    return codes.astype(np.int64, copy=False), np.asarray(uniques)
+
+
 def _formatted(columns: tuple[NDArray[Any], ...], fmt: Callable[..., str]) -> list[str]:
     """``fmt(*row)`` for every row of ``columns`` (Python values), each distinct row formatted
     once."""
@@ -70,10 +80,10 @@ def _formatted(columns: tuple[NDArray[Any], ...], fmt: Callable[..., str]) -> li
     code = np.zeros(n, dtype=np.int64)
     uniques = []
     for col in columns:
-        u, inv = np.unique(col, return_inverse=True)
-        code = code * u.size + inv.reshape(-1)
+        inv, u = _factorize(col)
+        code = code * u.size + inv
         uniques.append(u)
-    ucode, inv = np.unique(code, return_inverse=True)
+    inv, ucode = _factorize(code)
     parts = []
     rest = ucode
     for u in reversed(uniques):
@@ -81,7 +91,18 @@ def _formatted(columns: tuple[NDArray[Any], ...], fmt: Callable[..., str]) -> li
         rest = rest // u.size
     parts.reverse()
     texts = np.array([fmt(*row) for row in zip(*parts, strict=True)], dtype=object)
-    return cast(list[str], texts[inv.reshape(-1)].tolist())
+    return cast(list[str], texts[inv].tolist())
+
+
+_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f\ud800-\udfff]')
+
+
+def _json_strings(values: Sequence[str]) -> list[str]:
+    """JSON text of every string (as :func:`api.bulk.dumps` writes it); strings without a
+    quote, backslash or control character, all of them in practice, are only quoted."""
+    if _NEEDS_ESCAPE.search("".join(values)) is None:
+        return [f'"{v}"' for v in values]
+    return [dumps(v) for v in values]
 
 
 def _join_groups(fragments: list[str], counts: IntArray) -> list[str]:
@@ -89,6 +110,91 @@ def _join_groups(fragments: list[str], counts: IntArray) -> list[str]:
     ends = np.cumsum(counts).tolist()
     starts = [0, *ends[:-1]] if ends else []
     return ["[" + ",".join(fragments[a:b]) + "]" for a, b in zip(starts, ends, strict=True)]
+
+
+@dataclass
+class Published:
+    """The published OCPI profiles of ``m`` sessions, flattened into arrays.
+
+    Attributes
+    ----------
+    has : array of bool
+        The session has a published profile with at least one period.
+    start_s, end_s : array of float
+        Start and end of each profile [s since the epoch] (0 where ``has`` is False).
+    min_rate : array of float
+        ``min_charging_rate`` [A] (0 where missing).
+    rate_missing, unit_a : array of bool
+        No ``min_charging_rate``; ``charging_rate_unit`` is ``"A"``.
+    counts : array of int
+        Periods of each profile.
+    seg_off, seg_lim : array of float
+        ``start_period`` [s] and ``limit`` of every period, session by session.
+    """
+
+    has: NDArray[np.bool_]
+    start_s: FloatArray
+    end_s: FloatArray
+    min_rate: FloatArray
+    rate_missing: NDArray[np.bool_]
+    unit_a: NDArray[np.bool_]
+    counts: IntArray
+    seg_off: FloatArray
+    seg_lim: FloatArray
+
+    @property
+    def m(self) -> int:
+        return int(self.has.size)
+
+
+def published_from_dicts(previous: Sequence[Mapping[str, Any] | None]) -> Published:
+    """:class:`Published` of decoded OCPI profiles (None: none published)."""
+    m = len(previous)
+    has = np.zeros(m, dtype=bool)
+    p_start = np.zeros(m)
+    p_end = np.zeros(m)
+    p_rate = np.zeros(m)
+    rate_missing = np.zeros(m, dtype=bool)
+    unit_a = np.zeros(m, dtype=bool)
+    counts = np.zeros(m, dtype=np.int64)
+    stamps: dict[str, float] = {}
+    idx: list[int] = []
+    starts: list[float] = []
+    durations: list[Any] = []
+    rates: list[Any] = []
+    units: list[bool] = []
+    n_periods: list[int] = []
+    period_lists: list[list[dict[str, Any]]] = []
+    for k, prev in enumerate(previous):  # plain lists here; one numpy assignment per field below
+        if prev is None:
+            continue
+        periods = prev["charging_profile_period"]
+        if not periods:
+            continue
+        stamp = prev["start_date_time"]
+        p0 = stamps.get(stamp)
+        if p0 is None:
+            p0 = stamps[stamp] = datetime.fromisoformat(stamp).timestamp()
+        idx.append(k)
+        starts.append(p0)
+        durations.append(prev["duration"])
+        rates.append(prev.get("min_charging_rate"))
+        units.append(prev.get("charging_rate_unit") == "A")
+        n_periods.append(len(periods))
+        period_lists.append(periods)
+    if idx:
+        at = np.array(idx, dtype=np.int64)
+        has[at] = True
+        p_start[at] = starts
+        p_end[at] = p_start[at] + np.array(durations, dtype=np.float64)
+        rate_missing[at] = [r is None for r in rates]
+        p_rate[at] = [0.0 if r is None else float(r) for r in rates]
+        unit_a[at] = units
+        counts[at] = n_periods
+    flat = list(chain.from_iterable(period_lists))
+    seg_off = np.asarray(list(map(itemgetter("start_period"), flat)), dtype=np.float64)
+    seg_lim = np.asarray(list(map(itemgetter("limit"), flat)), dtype=np.float64)
+    return Published(has, p_start, p_end, p_rate, rate_missing, unit_a, counts, seg_off, seg_lim)
 
 
 def render_batch(
@@ -100,7 +206,7 @@ def render_batch(
     evse_id: Sequence[int],
     profile_id: Sequence[int],
     session_ids: Sequence[str],
-    previous: Sequence[Mapping[str, Any] | None],
+    previous: Sequence[Mapping[str, Any] | None] | Published,
     voltage_v: float,
     step_s: int,
 ) -> Batch:
@@ -119,8 +225,9 @@ def render_batch(
         Phases of every session.
     evse_id, profile_id, session_ids : sequence
         Connector/EVSE id, charging-profile id and session id of every session.
-    previous : sequence of dict or None
-        The published OCPI profile of every session (None: none published).
+    previous : sequence of dict or None, or Published
+        The published OCPI profile of every session (None: none published), or all of them
+        flattened (:func:`published_from_dicts`).
     voltage_v : float
         Phase voltage [V] (planned energy).
     step_s : int
@@ -131,39 +238,13 @@ def render_batch(
     limit = np.array([round(float(x), 1) for x in np.asarray(limit_a).tolist()], dtype=np.float64)
     until = np.asarray(until_s, dtype=np.float64)
     phases = np.asarray(n_phases, dtype=np.int64)
-    # flatten the published profiles
-    has = np.zeros(m, dtype=bool)
-    p_start = np.zeros(m)
-    p_end = np.zeros(m)
-    p_rate = np.zeros(m)
-    rate_missing = np.zeros(m, dtype=bool)
-    unit_a = np.zeros(m, dtype=bool)
-    counts = np.zeros(m, dtype=np.int64)
-    seg_off: list[Any] = []
-    seg_lim: list[Any] = []
-    stamps: dict[str, float] = {}
-    for k, prev in enumerate(previous):
-        if prev is None:
-            continue
-        periods = prev["charging_profile_period"]
-        if not periods:
-            continue
-        stamp = prev["start_date_time"]
-        p0 = stamps.get(stamp)
-        if p0 is None:
-            p0 = stamps[stamp] = datetime.fromisoformat(stamp).timestamp()
-        has[k] = True
-        p_start[k] = p0
-        p_end[k] = p0 + float(prev["duration"])
-        rate = prev.get("min_charging_rate")
-        if rate is None:
-            rate_missing[k] = True
-        else:
-            p_rate[k] = float(rate)
-        unit_a[k] = prev.get("charging_rate_unit") == "A"
-        counts[k] = len(periods)
-        seg_off += [p["start_period"] for p in periods]
-        seg_lim += [p["limit"] for p in periods]
+    # the published profiles, flattened
+    pub = previous if isinstance(previous, Published) else published_from_dicts(previous)
+    if pub.m != m:
+        raise ValueError(f"previous: {pub.m} published profiles for {m} sessions")
+    has, p_start, p_end = pub.has, pub.start_s, pub.end_s
+    p_rate, rate_missing, unit_a, counts = pub.min_rate, pub.rate_missing, pub.unit_a, pub.counts
+    seg_off, seg_lim = pub.seg_off, pub.seg_lim
     seg_of = np.repeat(np.arange(m, dtype=np.int64), counts)
     first = np.cumsum(counts) - counts  # index of each session's first segment
     seg_s = p_start[seg_of] + np.asarray(seg_off, dtype=np.float64)
@@ -261,9 +342,15 @@ def render_batch(
         '"chargingProfilePurpose":"TxProfile","chargingProfileKind":"Absolute",'
         f'"chargingSchedule":[{{"id":{pid},"startSchedule":"{stamp}","duration":{d},'
         f'"chargingRateUnit":"A","chargingSchedulePeriod":{p},"minChargingRate":{r}}}],'
-        f'"transactionId":{dumps(sid)}}}}}'
+        f'"transactionId":{sid}}}}}'
         for e, pid, d, r, p, sid in zip(
-            evse_id, profile_id, durations, rates, ocpp_periods, session_ids, strict=True
+            evse_id,
+            profile_id,
+            durations,
+            rates,
+            ocpp_periods,
+            _json_strings(session_ids),
+            strict=True,
         )
     ]
     return Batch(

@@ -21,7 +21,15 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.models import ChargingSession, Connector, OutboxItem, SessionState, Station, TopologyNode
+from api.models import (
+    ChargingSession,
+    Connector,
+    OutboxItem,
+    Profile,
+    SessionState,
+    Station,
+    TopologyNode,
+)
 from api.models_dr import DrActivation, DrCurtailment, DrSignal
 from api.publish import ocpi_segments
 from api.settings import Settings
@@ -167,11 +175,24 @@ def sent_profiles(
     db: Session, session_ids: Sequence[str], hi: datetime
 ) -> dict[str, list[SentProfile]]:
     """Per session the profiles pushed to the CPO up to ``hi`` (outbox items that were not
-    superseded before they were sent), oldest first."""
+    superseded before they were sent), oldest first.
+
+    An item not claimed yet holds no payload: its profile is the session's profile of the same
+    cursor (:mod:`api.outbox`). A pending item whose session has a newer profile is superseded,
+    whether or not the outbox worker marked it yet."""
     out: dict[str, list[SentProfile]] = {}
     for chunk in _chunks(list(session_ids)):
         stmt = (
-            select(OutboxItem.session_id, OutboxItem.created_at, OutboxItem.payload)
+            select(
+                OutboxItem.session_id,
+                OutboxItem.created_at,
+                OutboxItem.payload,
+                OutboxItem.status,
+                OutboxItem.cursor,
+                Profile.cursor,
+                Profile.ocpi,
+            )
+            .outerjoin(Profile, Profile.session_id == OutboxItem.session_id)
             .where(
                 OutboxItem.session_id.in_(chunk),
                 OutboxItem.status != "superseded",
@@ -179,8 +200,14 @@ def sent_profiles(
             )
             .order_by(OutboxItem.id)
         )
-        for sid, created, payload in db.execute(stmt):
-            ocpi = (payload or {}).get("charging_profile")
+        for sid, created, payload, status, cursor, p_cursor, p_ocpi in db.execute(stmt):
+            newer = p_cursor is not None and p_cursor > cursor
+            if status == "pending" and newer:
+                continue
+            if payload is not None:
+                ocpi = payload.get("charging_profile")
+            else:
+                ocpi = p_ocpi if p_cursor == cursor else None
             if not ocpi:
                 continue
             segments, end_s = ocpi_segments(ocpi)

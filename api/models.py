@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, Float, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from api.db import Base, UTCDateTime, utcnow
+from api.db import Base, JSONText, UTCDateTime, utcnow
 
 
 class ApiKey(Base):
@@ -153,10 +153,11 @@ class Profile(Base):
     session_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     cursor: Mapped[int] = mapped_column(Integer, index=True)
     run_id: Mapped[int] = mapped_column(Integer)
-    limits_a: Mapped[list[float]] = mapped_column(JSON)
-    ocpi: Mapped[dict[str, Any]] = mapped_column(JSON)
-    ocpp16: Mapped[dict[str, Any]] = mapped_column(JSON)
-    ocpp201: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # JSON as text on PostgreSQL (api.db.JSONText; migration 0007)
+    limits_a: Mapped[list[float]] = mapped_column(JSONText)
+    ocpi: Mapped[dict[str, Any]] = mapped_column(JSONText)
+    ocpp16: Mapped[dict[str, Any]] = mapped_column(JSONText)
+    ocpp201: Mapped[dict[str, Any]] = mapped_column(JSONText)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # set when the session ended: the profile left the feed (api/clearing.py, migration 0004)
     cleared_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -170,7 +171,8 @@ class OutboxItem(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     session_id: Mapped[str] = mapped_column(String(36), index=True)
     cursor: Mapped[int] = mapped_column(Integer)
-    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # null until the item is claimed: its profile is the session's profile of this cursor
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

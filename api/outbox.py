@@ -33,6 +33,21 @@ arrived ``outbox_result_timeout_s`` after the push it becomes ``no_result``
 (``OUTBOX_RESULT_TIMEOUTS``), so an operator sees profiles whose application is unconfirmed. A
 result that arrives later is still stored and sets the final status.
 
+**The item refers to its profile.** A publisher writes the item without its payload (``payload``
+null): the item's ``cursor`` names the published profile (``profiles.cursor``), whose OCPI form
+is the ``charging_profile``. The payload is composed when the item is claimed for its first push
+(``{"charging_profile": <the profile's OCPI form>, "response_url": "<public_url>/v1/profiles/
+results/<id>"}``) and stored in the item then, so the item keeps what was sent. A demand-response
+activation thus writes each profile body once, not twice.
+
+**Supersession is decided by cursor.** A pending item is out of date when its session's profile
+has a higher cursor than the item (a newer profile was published, or the session ended and its
+profile was cleared): :func:`stale_pending`. Publishers do not update older items (an activation
+would rewrite thousands of rows in its transaction); the worker marks them ``superseded`` before
+it pushes anything (:func:`maintain`, one statement), and :func:`claim_due` checks the item it
+claims again, so an out-of-date item is never sent. ``OUTBOX_DEPTH`` counts the pending items
+that are not out of date.
+
 A worker *claims* an item right before pushing it by moving its ``next_attempt_at`` a lease
 (:data:`LEASE_S`) ahead, in a transaction that skips rows another worker holds (PostgreSQL
 ``FOR UPDATE SKIP LOCKED``). If the process dies mid-push, the item is due again when the lease
@@ -50,12 +65,12 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import ColumnElement, exists, func, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from api.db import transaction, utcnow
 from api.metrics import OUTBOX_ABANDONED, OUTBOX_DEPTH, OUTBOX_REQUEUED, OUTBOX_RESULT_TIMEOUTS
-from api.models import OutboxItem
+from api.models import OutboxItem, Profile
 from api.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,6 +95,25 @@ def backoff_s(attempts: int, base_s: float) -> float:
     return float(min(base_s * 2.0 ** max(attempts - 1, 0), MAX_BACKOFF_S))
 
 
+def stale_pending() -> ColumnElement[bool]:
+    """SQL condition: the item's session has a profile newer than the item (its cursor is
+    higher), so the item must never be sent. Items of a session without a profile row are not
+    judged by it."""
+    return exists(
+        select(Profile.cursor).where(
+            Profile.session_id == OutboxItem.session_id, Profile.cursor > OutboxItem.cursor
+        )
+    )
+
+
+def compose_payload(ocpi: dict[str, Any], item_id: int, public_url: str) -> dict[str, Any]:
+    """The body of the push: OCPI ``SetChargingProfile`` with the item's ``response_url``."""
+    return {
+        "charging_profile": ocpi,
+        "response_url": f"{public_url.rstrip('/')}/v1/profiles/results/{item_id}",
+    }
+
+
 @dataclass(frozen=True)
 class Claimed:
     id: int
@@ -89,21 +123,49 @@ class Claimed:
 
 
 def claim_due(
-    factory: sessionmaker[Session], due_at: datetime, lease_until: datetime
+    factory: sessionmaker[Session],
+    due_at: datetime,
+    lease_until: datetime,
+    public_url: str,
 ) -> Claimed | None:
-    """Claim the oldest pending item due at ``due_at``: hide it until ``lease_until``."""
+    """Claim the oldest pending item due at ``due_at``: hide it until ``lease_until``.
+
+    An item that is out of date (:func:`stale_pending`) is marked ``superseded`` instead and the
+    next one is looked at. An item without its payload gets it now from the profile it names
+    (``public_url``: this service's base URL, for the ``response_url``); an item whose profile
+    is gone is superseded too (nothing to send)."""
     with transaction(factory) as db:
-        row = db.scalars(
-            select(OutboxItem)
-            .where(OutboxItem.status == "pending", OutboxItem.next_attempt_at <= due_at)
-            .order_by(OutboxItem.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        ).first()
-        if row is None:
-            return None
-        row.next_attempt_at = lease_until
-        return Claimed(row.id, row.session_id, dict(row.payload), row.attempts)
+        while True:
+            row = db.scalars(
+                select(OutboxItem)
+                .where(OutboxItem.status == "pending", OutboxItem.next_attempt_at <= due_at)
+                .order_by(OutboxItem.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            ).first()
+            if row is None:
+                return None
+            profile = db.execute(
+                select(Profile.cursor, Profile.ocpi, Profile.cleared_at).where(
+                    Profile.session_id == row.session_id
+                )
+            ).first()
+            newer = profile is not None and profile.cursor > row.cursor
+            payload = row.payload
+            reason = None
+            if payload is None and not newer:
+                if profile is not None and profile.cursor == row.cursor and not profile.cleared_at:
+                    payload = compose_payload(profile.ocpi, row.id, public_url)
+                else:
+                    reason = f"profile of cursor {row.cursor} is no longer stored"
+            if newer or payload is None:
+                row.status = "superseded"
+                row.updated_at = utcnow()
+                row.last_error = reason
+                continue
+            row.payload = payload
+            row.next_attempt_at = lease_until
+            return Claimed(row.id, row.session_id, dict(payload), row.attempts)
 
 
 def judge(response: httpx.Response) -> str | None:
@@ -195,10 +257,17 @@ def maintain(
     o = aliased(OutboxItem)
     newer = select(o.id).where(o.session_id == OutboxItem.session_id, o.id > OutboxItem.id)
     with transaction(factory) as db:
+        # a pending item whose session has a newer profile: superseded before anything is sent
+        db.execute(
+            update(OutboxItem)
+            .where(OutboxItem.status == "pending", stale_pending())
+            .values(status="superseded", updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
         # an item older than another of its session is out of date: never retried
         db.execute(
             update(OutboxItem)
-            .where(OutboxItem.status == "failed", exists(newer))
+            .where(OutboxItem.status == "failed", exists(newer) | stale_pending())
             .values(status="superseded", updated_at=now)
             .execution_options(synchronize_session=False)
         )
@@ -232,10 +301,16 @@ def maintain(
     return int(requeued), int(timed_out)
 
 
+def pending_count(db: Session) -> int:
+    """Pending items that are not out of date (:func:`stale_pending`): what is left to push."""
+    q = select(func.count()).where(OutboxItem.status == "pending", ~stale_pending())
+    return int(db.scalar(q) or 0)
+
+
 def outbox_depth(factory: sessionmaker[Session]) -> int:
-    """Pending items (also sets ``OUTBOX_DEPTH``)."""
+    """Pending items left to push (also sets ``OUTBOX_DEPTH``)."""
     with factory() as db:
-        depth = int(db.scalar(select(func.count()).where(OutboxItem.status == "pending")) or 0)
+        depth = pending_count(db)
     OUTBOX_DEPTH.set(depth)
     return depth
 
@@ -260,7 +335,8 @@ def push_due(
     tried = 0
     requeue_on_success = True
     while stop is None or not stop.is_set():
-        item = claim_due(factory, due_at, (now or utcnow()) + timedelta(seconds=LEASE_S))
+        lease_until = (now or utcnow()) + timedelta(seconds=LEASE_S)
+        item = claim_due(factory, due_at, lease_until, settings.public_url)
         if item is None:
             break
         error = push(client, settings, item)

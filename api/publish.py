@@ -12,8 +12,9 @@ One run (:func:`reoptimise`):
    before stay in force, so a connector with a session keeps its last valid profile;
 5. publish: a :class:`ScheduleRun` (``published`` set once every profile is written); for
    every session whose profile changed a :class:`ProfileChange` (the cursor) and the upserted
-   :class:`Profile`; with ``cpo_url`` set an :class:`OutboxItem` per changed session (older
-   pending items of the session are superseded). The profiles are written in short
+   :class:`Profile`; with ``cpo_url`` set an :class:`OutboxItem` per changed session, naming
+   the profile by its cursor (the outbox worker composes the payload and supersedes the older
+   pending items of the session, :mod:`api.outbox`). The profiles are written in short
    transactions of ``publish_chunk_sessions`` sessions, profiles that lower limits first
    (:func:`publish_in_chunks`), so that request handling is never kept waiting for the
    database's write lock for long. Sessions a demand-response curtailment holds at the time a
@@ -50,6 +51,7 @@ from api.metrics import (
     SOLVE_SECONDS,
 )
 from api.models import OutboxItem, Profile, ProfileChange, ScheduleRun
+from api.outbox import pending_count
 from api.settings import Settings
 from optimizer.checker import check_schedule, explained
 from optimizer.emit import attach_profiles
@@ -293,32 +295,19 @@ def _write_profiles(
             for key, value in values.items():
                 setattr(row, key, value)
     if settings.cpo_url:
-        for chunk in _chunks(changed):
-            db.execute(
-                update(OutboxItem)
-                .where(OutboxItem.session_id.in_(chunk), OutboxItem.status == "pending")
-                .values(status="superseded", updated_at=now)
-                .execution_options(synchronize_session=False)
-            )
-        items = [
+        # the item names its profile by cursor; the worker composes the payload and supersedes
+        # the older pending items of these sessions (api/outbox.py)
+        db.add_all(
             OutboxItem(
                 session_id=c.session_id,
                 cursor=c.cursor,
-                payload={},
+                payload=None,
                 status="pending",
                 attempts=0,
                 next_attempt_at=now,
             )
             for c in changes
-        ]
-        db.add_all(items)
-        db.flush()  # assigns the ids the response_url names
-        base = settings.public_url.rstrip("/")
-        for item in items:
-            item.payload = {
-                "charging_profile": forms[item.session_id]["ocpi"],
-                "response_url": f"{base}/v1/profiles/results/{item.id}",
-            }
+        )
 
 
 @dataclass(frozen=True)
@@ -471,7 +460,7 @@ def update_gauges(factory: sessionmaker[Session]) -> None:
         newest = db.scalar(
             select(func.max(ScheduleRun.created_at)).where(ScheduleRun.published.is_(True))
         )
-        depth = db.scalar(select(func.count()).where(OutboxItem.status == "pending")) or 0
+        depth = pending_count(db)
     if newest is not None:
         PROFILE_LAG_SECONDS.set(max((utcnow() - newest).total_seconds(), 0.0))
     OUTBOX_DEPTH.set(depth)

@@ -165,11 +165,14 @@ def test_auto_relayed_signal_curtails_in_one_transaction(
         assert new_end == old_end
     assert after["s-4"].cursor == before["s-4"].cursor  # untouched
     with factory() as db:
-        items = db.scalars(select(OutboxItem).where(OutboxItem.status == "pending")).all()
-        pushed = {i.session_id: i.payload["charging_profile"] for i in items}
+        items = db.scalars(
+            select(OutboxItem).where(OutboxItem.status == "pending").order_by(OutboxItem.id)
+        ).all()
+        queued = {i.session_id: i for i in items}  # the newest item of each session
         cur = db.scalars(select(DrCurtailment)).all()
     for sid in RELEASE_KW:
-        assert pushed[sid] == after[sid].ocpi
+        # the item names the curtailment profile by its cursor (composed when it is claimed)
+        assert queued[sid].cursor == after[sid].cursor and queued[sid].payload is None
     assert sorted(c.session_id for c in cur) == sorted(RELEASE_KW)
     assert all(c.until == restore_at for c in cur)
 

@@ -14,7 +14,10 @@ import orjson
 
 from api import dr
 from api.bulk import dumps
-from api.dr_batch import render_batch
+from api.dr_batch import (
+    _json_strings,
+    render_batch,
+)
 from api.settings import Settings
 from optimizer.profiles import charging_profile_id
 from tests.api.test_dr_bulk import PREVIOUS
@@ -104,3 +107,16 @@ def test_batch_equals_the_reference_on_random_profiles() -> None:
 
 def test_empty_batch() -> None:
     check_batch([])
+
+
+def test_session_ids_are_json_text_as_the_encoder_writes_them() -> None:
+    """The quoted fast path (no quote, backslash or control character in any id) and the
+    encoder give the same text; ids that need escapes go through the encoder."""
+    plain = ["s-1", "NL*GCP*S0001", "é-ü-☃", "a b", "x/y"]
+    assert _json_strings(plain) == [dumps(v) for v in plain]
+    for odd in ('a"b', "a\\b", "tab\there", "nl\n", "\x01"):
+        assert _json_strings([*plain, odd]) == [dumps(v) for v in [*plain, odd]]
+    cases: list[tuple[dict[str, Any] | None, datetime, float, int, str]] = [
+        (None, START + timedelta(seconds=600), 8.0, 3, sid) for sid in plain
+    ]
+    check_batch(cases)

@@ -15,12 +15,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Table, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import dr
+from api import bulk, dr
 from api.bulk import Encoded, dumps, insert_columns, insert_rows, loads, reserve_ids
 from api.db import make_engine, make_sessionmaker, migrate, transaction
 from api.main import create_app
 from api.models import OutboxItem, Profile, ProfileChange
 from api.models_dr import DrCurtailment
+from api.outbox import claim_due
 from api.publish import reoptimise, same_from_start, step_limits_a
 from api.settings import Settings
 from optimizer.profiles import charging_profile_id
@@ -60,8 +61,16 @@ def keys(db_url: str, app_client: TestClient) -> dict[str, str]:
     return {r: make_key(db_url, r) for r in ("operator", "brp", "csms")}
 
 
-@pytest.fixture
-def bulk_factory(db_url: str) -> Any:
+@pytest.fixture(params=["binary", "text"])
+def bulk_factory(
+    db_url: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    """On PostgreSQL the rows go through a binary COPY, or through the text COPY that is used
+    when a column has no binary form here (both are checked); SQLite has one path."""
+    if request.param == "text":
+        if not db_url.startswith("postgresql"):
+            pytest.skip("one path on SQLite")
+        monkeypatch.setattr(bulk, "_binary_types", lambda *a: None)
     migrate(db_url)
     engine = make_engine(db_url)
     yield make_sessionmaker(engine)
@@ -343,11 +352,7 @@ def test_activation_rows_equal_the_reference_forms_and_ids_do_not_collide(
         assert p.run_id == -out["activation_id"]
         assert changes[p.cursor].session_id == sid and changes[p.cursor].run_id == p.run_id
         item = items[sid]
-        assert item.cursor == p.cursor and item.status == "pending"
-        assert item.payload == {
-            "charging_profile": forms["ocpi"],
-            "response_url": f"{settings.public_url.rstrip('/')}/v1/profiles/results/{item.id}",
-        }
+        assert item.cursor == p.cursor and item.status == "pending" and item.payload is None
         assert c.planned_kwh == pytest.approx(
             dr.planned_kwh(
                 before[sid],
@@ -371,6 +376,19 @@ def test_activation_rows_equal_the_reference_forms_and_ids_do_not_collide(
             p.ocpp16,
             p.ocpp201,
         )
+    # the outbox sends each curtailed session its curtailment profile (composed from the
+    # profile the item names) and never the scheduler's profile it replaced
+    due = datetime.now(UTC)
+    sent = {}
+    while claimed := claim_due(factory, due, due + timedelta(seconds=20), settings.public_url):
+        assert claimed.session_id not in sent
+        sent[claimed.session_id] = claimed
+    for sid in curtailed:
+        assert sent[sid].id == items[sid].id
+        assert sent[sid].payload == {
+            "charging_profile": after[sid].ocpi,
+            "response_url": f"{settings.public_url.rstrip('/')}/v1/profiles/results/{sent[sid].id}",
+        }
     # the next publisher gets cursors and outbox ids after the reserved ones
     top_cursor, top_item = max(changes), max(i.id for i in items.values())
     with transaction(factory) as db:
@@ -461,3 +479,42 @@ def test_changed_agrees_with_same_from_start_on_random_profiles() -> None:
         assert rendered.changed == (not same_from_start(ocpi, previous)), (previous, until)
         seen[rendered.changed] += 1
     assert seen[True] > 100 and seen[False] > 100
+
+
+def test_bulk_numbers_of_other_python_types_read_back_as_floats(
+    bulk_factory: sessionmaker[Session],
+) -> None:
+    """Ints for a float column and a number for a text column are written as the values they
+    stand for, on every path."""
+    curtail = cast(Table, DrCurtailment.__table__)
+    with transaction(bulk_factory) as db:
+        insert_rows(
+            db.connection(),
+            curtail,
+            dr.CURTAILMENT_COLUMNS,
+            [
+                (3, "n-1", "r", T0, T0, 8.0, 16, 0.5, 2, None),
+                (3, "n-2", 42, T0, T0, 6, 12, 1.25, 1e-3, 7.5),
+            ],
+        )
+    with bulk_factory() as db:
+        rows = {c.session_id: c for c in db.scalars(select(DrCurtailment))}
+    a, b = rows["n-1"], rows["n-2"]
+    assert (a.activation_id, a.limit_a, a.current_before_a, a.released_kw) == (3, 8.0, 16.0, 0.5)
+    assert a.kwh_at_signal == 2.0 and a.planned_kwh is None and a.region == "r"
+    assert (b.region, b.limit_a, b.current_before_a, b.kwh_at_signal) == ("42", 6.0, 12.0, 1e-3)
+    assert b.planned_kwh == 7.5
+
+
+def test_binary_copy_values_are_plain_python_types() -> None:
+    import numpy as np
+
+    from api.bulk import _binary_values
+
+    floats = _binary_values([np.float64(8.0), 16, None, np.float32(0.5)], "float8")
+    assert floats == [8.0, 16.0, None, 0.5] and {type(v) for v in floats} == {float, type(None)}
+    ints = _binary_values([np.int64(3), 4, None], "int4")
+    assert ints == [3, 4, None] and {type(v) for v in ints} == {int, type(None)}
+    assert _binary_values([42, "x", None], "text") == ["42", "x", None]
+    same = ["a", "b"]
+    assert _binary_values(same, "text") is same  # nothing to convert: the list itself

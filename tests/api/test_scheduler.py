@@ -19,6 +19,7 @@ from api.db import make_engine, make_sessionmaker, migrate, transaction
 from api.live import SlotSeries, build_live_scenario, cap_steps, grid_start, target_steps
 from api.metrics import REGISTRY
 from api.models import ChargingSession, DsoProfile, OutboxItem, Profile, ProfileChange, ScheduleRun
+from api.outbox import claim_due, maintain, pending_count
 from api.publish import reoptimise, same_from_start
 from api.settings import Settings
 from api.topology import upsert_topology
@@ -534,21 +535,39 @@ def test_outbox_items_are_written_with_the_profiles_and_superseded(
     published = profiles_of(factory)
     for item in items:
         assert item.status == "pending" and item.attempts == 0
+        # the item names its profile by cursor; the payload is composed when it is claimed
         assert item.cursor == published[item.session_id].cursor
-        assert item.payload == {
-            "charging_profile": published[item.session_id].ocpi,
-            "response_url": f"https://gc.test/v1/profiles/results/{item.id}",
-        }
+        assert item.payload is None
+    due = datetime.now(UTC)  # publishing queues the items at the wall-clock time
+    claimed = claim_due(factory, due, due + timedelta(seconds=20), settings.public_url)
+    assert claimed is not None and claimed.id == items[0].id
+    expected = {
+        "charging_profile": published["s-1"].ocpi,
+        "response_url": f"https://gc.test/v1/profiles/results/{claimed.id}",
+    }
+    assert claimed.payload == expected
+    with factory() as db:
+        stored = db.get(OutboxItem, claimed.id)
+        assert stored is not None and stored.payload == expected  # what is sent is kept
     with transaction(factory) as db:
         row = db.get(ChargingSession, "s-1")
         assert row is not None
         row.kwh = 19.0
     reoptimise(factory, settings, NOW)
+
+    def statuses() -> list[tuple[str, str]]:
+        with factory() as db:
+            return [
+                (i.session_id, i.status)
+                for i in db.scalars(select(OutboxItem).order_by(OutboxItem.id))
+            ]
+
+    # publishing does not rewrite the older items; they are out of date by cursor
+    assert [s for _, s in statuses()] == ["pending"] * 6
     with factory() as db:
-        statuses = [
-            (i.session_id, i.status) for i in db.scalars(select(OutboxItem).order_by(OutboxItem.id))
-        ]
-    assert statuses == [
+        assert pending_count(db) == 4  # s-1 (claimed, leased), s-4, the new s-2 and s-3
+    maintain(factory, settings, due)
+    assert statuses() == [
         ("s-1", "pending"),
         ("s-2", "superseded"),
         ("s-3", "superseded"),
@@ -558,8 +577,33 @@ def test_outbox_items_are_written_with_the_profiles_and_superseded(
     ]
     with factory() as db:
         newest = db.scalars(select(OutboxItem).order_by(OutboxItem.id.desc())).first()
-    assert newest is not None
-    assert newest.payload["charging_profile"] == profiles_of(factory)["s-3"].ocpi
+    assert newest is not None and newest.payload is None
+    assert newest.cursor == profiles_of(factory)["s-3"].cursor
+
+
+def test_an_out_of_date_item_is_never_claimed(factory: sessionmaker[Session], db_url: str) -> None:
+    """Without maintain in between, the claim itself supersedes an item whose session has a
+    newer profile: only the newest profile of each session is sent."""
+    seed(factory)
+    settings = live_settings(db_url, cpo_url="http://127.0.0.1:9/cpo")
+    reoptimise(factory, settings, NOW)
+    with transaction(factory) as db:
+        row = db.get(ChargingSession, "s-1")
+        assert row is not None
+        row.kwh = 19.0
+    reoptimise(factory, settings, NOW)
+    claimed = []
+    due = datetime.now(UTC)  # publishing queues the items at the wall-clock time
+    while item := claim_due(factory, due, due + timedelta(seconds=20), settings.public_url):
+        claimed.append(item)
+    published = profiles_of(factory)
+    assert sorted(c.session_id for c in claimed) == ["s-1", "s-2", "s-3", "s-4"]
+    for c in claimed:
+        assert c.payload["charging_profile"] == published[c.session_id].ocpi
+    with factory() as db:
+        items = list(db.scalars(select(OutboxItem).order_by(OutboxItem.id)))
+    superseded = [(i.session_id, i.payload) for i in items if i.status == "superseded"]
+    assert superseded == [("s-2", None), ("s-3", None)]  # never composed, never sent
 
 
 # --------------------------------------------------------------------------------------------
