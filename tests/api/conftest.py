@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
 
 from api.db import make_engine, make_sessionmaker, migrate, transaction
 from api.main import create_app
@@ -41,6 +42,16 @@ def fresh_database_url(tmp_path: Path) -> str:
 @pytest.fixture
 def db_url(tmp_path: Path) -> str:
     return fresh_database_url(tmp_path)
+
+
+@pytest.fixture
+def factory(db_url: str) -> Iterator[sessionmaker[Session]]:
+    """Database sessions on a migrated ``db_url`` (modules that need the app's tables made by
+    the app itself override it)."""
+    migrate(db_url)
+    engine = make_engine(db_url)
+    yield make_sessionmaker(engine)
+    engine.dispose()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ columns on PostgreSQL (migration 0005)."""
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -13,17 +12,9 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import dr
-from api.db import make_engine, make_sessionmaker, migrate, transaction
+from api.db import make_engine, migrate, transaction
 from api.models_dr import DrAuditEntry
 from tests.api.test_demand_response import BRP, RELEASE_KW, seed, settings_for
-
-
-@pytest.fixture
-def factory(db_url: str) -> Iterator[sessionmaker[Session]]:
-    migrate(db_url)
-    engine = make_engine(db_url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 def test_gc_paused_nests_and_restores() -> None:

@@ -5,18 +5,16 @@ downgrade."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-import pytest
 import sqlalchemy as sa
 from alembic import command
 from sqlalchemy import Table, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.bulk import dumps, insert_columns
-from api.db import alembic_config, make_engine, make_sessionmaker, migrate, transaction
+from api.db import alembic_config, make_engine, make_sessionmaker, transaction
 from api.measure_dr import sent_profiles
 from api.models import ChargingSession, OutboxItem, Profile
 from api.publish import ocpi_segments, reoptimise
@@ -133,14 +131,6 @@ def test_the_upgrade_and_the_downgrade_keep_profiles_and_outbox_items(db_url: st
     assert composed["response_url"].endswith(f"/v1/profiles/results/{rows[1][0]}")
     command.upgrade(cfg, "head")
     assert _stored_texts(db_url) == before
-
-
-@pytest.fixture
-def factory(db_url: str) -> Iterator[sessionmaker[Session]]:
-    migrate(db_url)
-    engine = make_engine(db_url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 def test_profile_texts_round_trip_through_the_orm_and_the_bulk_writer(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 import api.publish as publish
-from api.db import make_engine, make_sessionmaker, migrate, transaction
+from api.db import transaction
 from api.live import SlotSeries, build_live_scenario, cap_steps, grid_start, target_steps
 from api.metrics import REGISTRY
 from api.models import ChargingSession, DsoProfile, OutboxItem, Profile, ProfileChange, ScheduleRun
@@ -59,14 +58,6 @@ def live_settings(db_url: str, **kw: Any) -> Settings:
         "solver_time_limit_s": 30.0,
     }
     return Settings(**{**base, **kw})
-
-
-@pytest.fixture
-def factory(db_url: str) -> Iterator[sessionmaker[Session]]:
-    migrate(db_url)
-    engine = make_engine(db_url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 def session_row(
