@@ -20,13 +20,11 @@ The rules are in ``docs/demand-response.md``. In short:
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
@@ -76,6 +74,7 @@ from api.publish import (
 )
 from api.security import Principal
 from api.settings import Settings
+from optimizer.collector import gc_paused
 from optimizer.fastpath import (
     DEFAULT_BUDGET_MIN,
     MAX_ACTIVATION_S,
@@ -153,35 +152,6 @@ def _iso(t: datetime | None) -> str | None:
 def iso_z(t: datetime) -> str:
     """``t`` in UTC, ISO-8601 with ``Z``."""
     return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-_GC_LOCK = threading.Lock()
-_GC_HOLDERS = 0
-_GC_WAS_ENABLED = True
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Hold Python's cyclic garbage collector while the block runs (reference counting still
-    frees every object without cycles at once).
-
-    An activation allocates some 10^5 to 10^6 short-lived containers (decoded profiles, rows,
-    texts); every few hundred allocations the collector starts and traverses the young ones,
-    and now and then all of them, which costs as much as writing the rows. Nested and concurrent
-    holders are counted: the collector comes back when the last one leaves (if it was on)."""
-    global _GC_HOLDERS, _GC_WAS_ENABLED
-    with _GC_LOCK:
-        if _GC_HOLDERS == 0:
-            _GC_WAS_ENABLED = gc.isenabled()
-            gc.disable()
-        _GC_HOLDERS += 1
-    try:
-        yield
-    finally:
-        with _GC_LOCK:
-            _GC_HOLDERS -= 1
-            if _GC_HOLDERS == 0 and _GC_WAS_ENABLED:
-                gc.enable()
 
 
 class Spans:

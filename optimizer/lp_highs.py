@@ -83,6 +83,15 @@ def objective_columns(p: ChargingProblem) -> dict[str, np.ndarray]:
     }
 
 
+WARM_OPTIONS: dict[str, float] = {"dual_simplex_cost_perturbation_multiplier": 0.0}
+"""Options of a re-solve from the previous basis after an in-place update. The dual simplex
+perturbs the costs of a solve by default, against stalling on degenerate vertices; from an
+optimal basis a change needs a few hundred iterations, and removing the perturbation at the
+end took up to a tenth of them as primal simplex iterations (each one pricing every column).
+The costs carry their own tie-breaking (:mod:`optimizer.problem`), so warm solves go
+unperturbed (docs/scale.md)."""
+
+
 class HighsTwin:
     """A live HiGHS model of a :class:`ChargingProblem`.
 
@@ -190,6 +199,8 @@ class HighsTwin:
         if problem.binary_vars.size or self.p.binary_vars.size:
             raise ValueError("problem: a model with binaries is rebuilt, not updated")
         self.p = problem
+        for name, value in WARM_OPTIONS.items():
+            self.h.setOptionValue(name, value)
         cost, col_lo, col_hi = self._column_vectors()
         # only the entries that changed go to HiGHS (a DR step moves a few hundred bounds of
         # a hundred thousand)

@@ -177,6 +177,13 @@ class Network:
         return out
 
 
+def gather(matrix: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """``matrix[s, t]`` for the cells at ``flat = s · steps + t`` of a ``sessions × steps``
+    matrix: a take from the flat view, several times faster than indexing with two arrays
+    (a schedule has about 700,000 plugged-in cells at 16,000 connectors)."""
+    return np.ravel(matrix).take(flat)
+
+
 def _steps_of(limit: Limit | None, steps: int) -> np.ndarray:
     if limit is None:
         return np.full(steps, np.inf)

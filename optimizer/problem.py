@@ -13,7 +13,7 @@ from datetime import datetime
 import numpy as np
 import scipy.sparse as sp
 
-from optimizer.network import Network
+from optimizer.network import Network, gather
 
 UNMET_SEGMENT_SLOPES = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
 """Relative marginal penalty of the K equal shortfall segments of a session (fairness).
@@ -181,6 +181,9 @@ class ChargingProblem:
     target_kw: np.ndarray
     binary_vars: np.ndarray
     var_of: np.ndarray = field(repr=False)  # sessions × steps -> variable index or -1
+    var_flat: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """``var_session · steps + var_step``: each variable's cell in the flat ``sessions × steps``
+    matrix (set by :func:`build_problem`; ``None`` for a part)."""
     layout: Layout | None = field(default=None, repr=False, compare=False)
     """What fixes the matrices (set by :func:`build_problem`; ``None`` for a part)."""
     limit_most: np.ndarray | None = field(default=None, repr=False, compare=False)
@@ -196,7 +199,10 @@ class ChargingProblem:
         if self.net is None:
             raise ValueError("net: a part of a problem has no network to spread currents on")
         out = np.zeros((self.net.n_sessions, self.net.steps))
-        out[self.var_session, self.var_step] = x
+        flat = self.var_flat
+        if flat is None:
+            flat = self.var_session * self.net.steps + self.var_step
+        out.ravel()[flat] = x  # a view: ``out`` is new and contiguous
         return out
 
 
@@ -265,13 +271,14 @@ def build_problem(
     nv = var_session.size
     run_start = np.repeat(np.cumsum(width) - width, width)  # each session's first variable
     var_step = np.arange(nv) - run_start + col_first[var_session]
+    var_flat = var_session * net.steps + var_step
 
     kw = net.kw_per_a[var_session]
     kwh = kw * dt_h
     hi = net.max_a[var_session].astype(float)
     if net.cap_a is not None:
-        hi = np.minimum(hi, net.cap_a[var_session, var_step])
-    req = required_level_a(net)[var_session, var_step]
+        hi = np.minimum(hi, gather(net.cap_a, var_flat))
+    req = gather(required_level_a(net), var_flat)
 
     stay = (net.end - net.first).astype(float)
     deliverable = net.most_a_per_stay() * net.kw_per_a * dt_h
@@ -290,11 +297,14 @@ def build_problem(
     K = len(UNMET_SEGMENT_SLOPES)
     u_hi = np.repeat(need_eff / K, K).reshape(-1, K)
     if anchor_a is not None:
-        anchored = np.minimum(req, anchor_a[var_session, var_step])
+        anchor_var = gather(anchor_a, var_flat)
+        anchored = np.minimum(req, anchor_var)
         anchored[net.pause_consent[var_session]] = 0.0
         lo = np.maximum(lo, anchored)
         # sessions the anchor fills: nothing after the fill step, and no shortfall
-        fills, after = _anchor_fill(net, anchor_a, need_eff, var_session, var_step, kwh, run_start)
+        fills, after = _anchor_fill(
+            net, anchor_a, anchor_var, need_eff, var_session, var_step, kwh, run_start
+        )
         hi[after] = 0.0
         lo[after] = 0.0
         u_hi[fills] = 0.0
@@ -342,7 +352,7 @@ def build_problem(
         var_of = like.var_of
     else:
         var_of = np.full((net.n_sessions, net.steps), -1, dtype=np.int64)
-        var_of[var_session, var_step] = np.arange(nv)
+        var_of.ravel()[var_flat] = np.arange(nv)
         energy_rows = _energy_matrix(energy_session, var_session, kwh, net.n_sessions)
         row_of = np.full(net.groups.limit.shape, -1, dtype=np.int64)  # (group, step) -> row
         row_of[limit_group, limit_step] = np.arange(limit_group.size)
@@ -374,6 +384,7 @@ def build_problem(
         target_kw=target_kw,
         binary_vars=np.nonzero(net.pause_consent[var_session])[0],
         var_of=var_of,
+        var_flat=var_flat,
         layout=layout,
         limit_most=most,
     )
@@ -396,6 +407,7 @@ def _energy_matrix(
 def _anchor_fill(
     net: Network,
     anchor_a: np.ndarray,
+    anchor_var: np.ndarray,
     need_eff: np.ndarray,
     var_session: np.ndarray,
     var_step: np.ndarray,
@@ -403,13 +415,14 @@ def _anchor_fill(
     run_start: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sessions the anchor fills (``need_eff`` reached), and the variables after the step in
-    which it fills them. ``run_start``: each variable's session's first variable.
+    which it fills them. ``anchor_var``: the anchor at each variable; ``run_start``: each
+    variable's session's first variable.
 
     Works on the variables (session-major, each session's in one run) when the anchor has no
     current outside them, else on the whole ``sessions × steps`` matrix.
     """
     threshold = need_eff - 1e-6
-    e_var = anchor_a[var_session, var_step] * kwh
+    e_var = anchor_var * kwh
     if np.count_nonzero(e_var) != np.count_nonzero(anchor_a):
         e_cum = np.cumsum(anchor_a * (net.kw_per_a * net.dt_h)[:, None], axis=1)
         fills = (e_cum[:, -1] >= threshold) & (need_eff > 1e-9) & ~net.pause_consent
@@ -561,7 +574,10 @@ def objective_value(p: ChargingProblem, current_a: np.ndarray) -> float:
     deviations the distance to the target, exactly as the optimal LP would set them.
     """
     w = p.weights
-    x = current_a[p.var_session, p.var_step]
+    if p.var_flat is not None:
+        x = gather(current_a, p.var_flat)
+    else:
+        x = current_a[p.var_session, p.var_step]
     value = float(p.i_cost_per_a @ x)
     delivered = p.energy_rows @ x
     shortfall = np.maximum(p.need_eff_kwh - delivered, 0.0)

@@ -7,16 +7,15 @@ currents that are written out, so the file is consistent with itself; the indepe
 
 from __future__ import annotations
 
-import contextlib
-import gc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 
-from optimizer.network import UNIT_OF_KIND, Network
+from optimizer.collector import gc_paused
+from optimizer.network import UNIT_OF_KIND, Network, gather
 from optimizer.problem import required_level_a
 from optimizer.uncontrolled import node_power_matrix_kw
 
@@ -82,7 +81,7 @@ def no_pause_dip_cells(
     outside them, as every schedule of the product.
     """
     cell_s, cell_t, run_start = present_cells(net)
-    cur = current_a[cell_s, cell_t]
+    cur = present_values(net, current_a)
     if np.count_nonzero(cur) != np.count_nonzero(current_a):
         rows, cols = np.nonzero(_no_pause_dips_dense(net, current_a, tol))
         return rows, cols
@@ -116,9 +115,9 @@ def _cell_constants(net: Network) -> tuple[np.ndarray, np.ndarray]:
     """Energy per ampere [kWh/A] and no-pause level [A] of every plugged-in cell (in the order
     of :func:`present_cells`). Computed once per network."""
     if "cell_kwh_per_a" not in net._memo:
-        cell_s, cell_t, _ = present_cells(net)
+        cell_s = present_cells(net)[0]
         kwh = (net.kw_per_a * net.dt_h)[cell_s]
-        req = required_level_a(net)[cell_s, cell_t]
+        req = present_values(net, required_level_a(net))
         kwh.flags.writeable = False
         req.flags.writeable = False
         net._memo["cell_level_a"] = req
@@ -136,7 +135,13 @@ def present_cells(net: Network) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cell_s = np.repeat(np.arange(net.n_sessions), stay)
         run_start = np.repeat(start, stay)
         cell_t = np.arange(cell_s.size) - run_start + np.repeat(net.first, stay)
-        for name, a in (("cell_s", cell_s), ("cell_t", cell_t), ("run_start", run_start)):
+        flat = cell_s * net.steps + cell_t
+        for name, a in (
+            ("cell_s", cell_s),
+            ("cell_t", cell_t),
+            ("run_start", run_start),
+            ("flat", flat),
+        ):
             a.flags.writeable = False
             net._memo[f"present_cells.{name}"] = a
         net._memo["present_cells"] = cell_s
@@ -146,6 +151,13 @@ def present_cells(net: Network) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         memo["present_cells.cell_t"],
         memo["present_cells.run_start"],
     )
+
+
+def present_values(net: Network, matrix: np.ndarray) -> np.ndarray:
+    """The entries of a ``sessions × steps`` matrix at the plugged-in cells, in the order of
+    :func:`present_cells`."""
+    present_cells(net)
+    return gather(matrix, net._memo["present_cells.flat"])
 
 
 def _no_pause_dips_dense(net: Network, current_a: np.ndarray, tol: float) -> np.ndarray:
@@ -215,8 +227,7 @@ def current_lists(current_a: np.ndarray, net: Network | None = None) -> list[lis
     no current outside the stays is converted stay by stay."""
     steps = current_a.shape[1]
     if net is not None:
-        cell_s, cell_t, _ = present_cells(net)
-        values = current_a[cell_s, cell_t]
+        values = present_values(net, current_a)
         if np.count_nonzero(values) == np.count_nonzero(current_a):
             # nothing outside the stays: each row is its stay's values between zeros
             flat = values.tolist()
@@ -273,20 +284,6 @@ def build_schedule(
     """
     with gc_paused():
         return _build_schedule(net, current_a, method, status, solver, reason, memo)
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while a large tree of new containers without
-    cycles is built (a schedule holds one list per session): its full passes over millions of
-    fresh objects would cost more than building them."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def _build_schedule(

@@ -17,28 +17,6 @@ from api.models_dr import DrAuditEntry
 from tests.api.test_demand_response import BRP, RELEASE_KW, seed, settings_for
 
 
-def test_gc_paused_nests_and_restores() -> None:
-    was = gc.isenabled()
-    gc.enable()
-    try:
-        with dr.gc_paused():
-            assert not gc.isenabled()
-            with dr.gc_paused():
-                assert not gc.isenabled()
-            assert not gc.isenabled()  # the outer holder still runs
-        assert gc.isenabled()
-        gc.disable()
-        with dr.gc_paused():
-            pass
-        assert not gc.isenabled()  # off before, off after
-        gc.enable()
-        with pytest.raises(RuntimeError), dr.gc_paused():
-            raise RuntimeError("boom")
-        assert gc.isenabled()
-    finally:
-        (gc.enable if was else gc.disable)()
-
-
 def test_activation_reports_its_steps(factory: sessionmaker[Session], db_url: str) -> None:
     now = datetime.now(UTC)
     seed(factory, now)

@@ -4,15 +4,22 @@ and the schedule's current lists."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 import pytest
 
 from optimizer.greedy import greedy_currents_a
-from optimizer.network import Network, compile_network
+from optimizer.network import Network, compile_network, gather
 from optimizer.problem import _anchor_fill, build_problem, required_level_a
-from optimizer.result import _no_pause_dips_dense, current_lists, no_pause_dips
+from optimizer.result import (
+    _no_pause_dips_dense,
+    current_lists,
+    no_pause_dips,
+    present_cells,
+    present_values,
+)
 from optimizer.scenario import parse_scenario
 from optimizer.uncontrolled import node_power_kw
 from simulation.random_net import random_regions
@@ -70,8 +77,9 @@ def test_anchor_fill_on_variables_equals_the_dense_rule(seed: int, caps: bool) -
     need = np.where(np.isnan(net.need_kwh), need, np.minimum(np.nan_to_num(net.need_kwh), need))
     width = np.bincount(p.var_session, minlength=net.n_sessions)
     run_start = np.repeat(np.cumsum(width) - width, width)
+    anchor_var = anchor[p.var_session, p.var_step]
     fills, after = _anchor_fill(
-        net, anchor, need, p.var_session, p.var_step, p.kwh_per_a, run_start
+        net, anchor, anchor_var, need, p.var_session, p.var_step, p.kwh_per_a, run_start
     )
     e_cum = np.cumsum(anchor * (net.kw_per_a * net.dt_h)[:, None], axis=1)
     want_fills = (e_cum[:, -1] >= need - 1e-6) & (need > 1e-9) & ~net.pause_consent
@@ -109,3 +117,21 @@ def test_node_power_and_current_lists() -> None:
     odd = np.array([[0.0, 1.5, 0.0, 2.0], [0.0, 0.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.0]])
     assert current_lists(odd) == odd.tolist()
     assert current_lists(np.zeros((0, 4))) == []
+
+
+@pytest.mark.parametrize(("seed", "caps"), NETS)
+def test_flat_cell_index_equals_two_index_lookups(seed: int, caps: bool) -> None:
+    net = network(seed, caps)
+    rng = np.random.default_rng(seed)
+    cur = rng.uniform(0.0, 16.0, (net.n_sessions, net.steps))
+    cell_s, cell_t, _ = present_cells(net)
+    assert np.array_equal(present_values(net, cur), cur[cell_s, cell_t])
+    p = build_problem(net, anchor_a=greedy_currents_a(net))
+    assert p.var_flat is not None
+    assert np.array_equal(gather(cur, p.var_flat), cur[p.var_session, p.var_step])
+    x = rng.uniform(0.0, 16.0, p.n_vars)
+    want = np.zeros((net.n_sessions, net.steps))
+    want[p.var_session, p.var_step] = x
+    assert np.array_equal(p.currents(x), want)
+    # a problem without the flat index (as a part has) spreads the same way
+    assert np.array_equal(dataclasses.replace(p, var_flat=None).currents(x), want)
