@@ -151,21 +151,27 @@ class Network:
             if cached is not None:
                 return cached
         rows = np.arange(self.n_sessions) if sessions is None else np.asarray(sessions)
-        n_st, steps = len(self.station_ids), self.steps
+        steps = self.steps
         st = self.session_station
+        # only the stations of the wanted rows are counted, numbered locally
+        stations = np.unique(st[rows])
+        local = np.full(len(self.station_ids), -1, dtype=np.int64)
+        local[stations] = np.arange(stations.size)
+        size = stations.size * (steps + 1)
         m = np.zeros((rows.size, steps))
         for ph in range(3):
-            on = np.nonzero(self.phase_mask[:, ph])[0]
+            on = np.nonzero(self.phase_mask[:, ph] & (local[st] >= 0))[0]
             if on.size == 0:
                 continue
             # plugged-in sessions per station and step on this phase: +1 at arrival, -1 at
             # departure, summed along the steps
-            delta = np.zeros((n_st, steps + 1))
-            np.add.at(delta, (st[on], self.first[on]), 1.0)
-            np.add.at(delta, (st[on], self.end[on]), -1.0)
-            count = np.cumsum(delta[:, :steps], axis=1)
+            at = local[st[on]] * (steps + 1)
+            delta = np.bincount(at + self.first[on], minlength=size) - np.bincount(
+                at + self.end[on], minlength=size
+            )
+            count = np.cumsum(delta.reshape(stations.size, steps + 1)[:, :steps], axis=1)
             mine = self.phase_mask[rows, ph]
-            m[mine] = np.maximum(m[mine], count[st[rows[mine]]])
+            m[mine] = np.maximum(m[mine], count[local[st[rows[mine]]]])
         with np.errstate(divide="ignore"):
             share = self.station_limit_a[st[rows]] / np.maximum(m, 1.0)
         t = np.arange(steps)
