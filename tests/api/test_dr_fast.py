@@ -4,7 +4,6 @@ columns on PostgreSQL (migration 0005)."""
 
 from __future__ import annotations
 
-import gc
 from datetime import UTC, datetime
 
 import pytest
