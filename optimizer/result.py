@@ -8,6 +8,7 @@ currents that are written out, so the file is consistent with itself; the indepe
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -296,14 +297,18 @@ def _build_schedule(
     memo: list[RowMemo] | None = None,
 ) -> dict[str, Any]:
     cur = round_currents(current_a)
-    energy = session_energy_kwh(net, cur)
-    need = net.need_kwh
-    unmet = np.where(np.isnan(need), np.nan, np.maximum(np.nan_to_num(need) - energy, 0.0))
-    power_m = node_power_matrix_kw(net, cur)
+    # the node powers and the limit sums are sparse products, which run without the GIL: on
+    # a second thread they overlap the session checks and lists below
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        sums = pool.submit(lambda: (node_power_matrix_kw(net, cur), limit_violations(net, cur)))
+        energy = session_energy_kwh(net, cur)
+        need = net.need_kwh
+        unmet = np.where(np.isnan(need), np.nan, np.maximum(np.nan_to_num(need) - energy, 0.0))
+        dips = no_pause_dip_cells(net, cur, tol=1e-3)
+        power_m, violations = sums.result()
     power = dict(zip(net.node_members, power_m, strict=True))
-    violations = limit_violations(net, cur)
     level = required_level_a(net)
-    for s, t in zip(*no_pause_dip_cells(net, cur, tol=1e-3), strict=True):
+    for s, t in zip(*dips, strict=True):
         # an opt-out session below its share breaks the opt-out rule, and below the station
         # minimum also the minimum-current rule
         shortfalls = [("min_current", float(net.min_a[s] - cur[s, t]))]
