@@ -7,6 +7,7 @@ where the session is present (sparse), ordered by session then step. All equatio
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -233,7 +234,7 @@ def required_level_a(net: Network) -> np.ndarray:
 def build_problem(
     net: Network,
     weights: Weights | None = None,
-    anchor_a: np.ndarray | None = None,
+    anchor_a: np.ndarray | Callable[[], np.ndarray] | None = None,
     span: tuple[np.ndarray, np.ndarray] | None = None,
     like: ChargingProblem | None = None,
 ) -> ChargingProblem:
@@ -249,7 +250,9 @@ def build_problem(
         end of the anchor's fill step (no current after it, no shortfall), and in every step
         before it the lower bound is ``min(no-pause level, anchor)``. Within the window the LP
         chooses the currents freely. The LP then obeys the no-pause rule by construction, and
-        since the anchor meets every bound the LP optimum is never worse than the anchor.
+        since the anchor meets every bound the LP optimum is never worse than the anchor. A
+        callable is called for it once everything that does not depend on it is built (a live
+        engine computes the greedy schedule meanwhile).
     span : tuple of numpy.ndarray, optional
         First step and one past the last step [step] of each session's columns, a superset of
         its stay ``first ≤ t < end`` (default: the stay). Columns outside the stay are *idle*:
@@ -296,30 +299,13 @@ def build_problem(
     lo = np.where(mandatory, req, 0.0)
     K = len(UNMET_SEGMENT_SLOPES)
     u_hi = np.repeat(need_eff / K, K).reshape(-1, K)
-    if anchor_a is not None:
-        anchor_var = gather(anchor_a, var_flat)
-        anchored = np.minimum(req, anchor_var)
-        anchored[net.pause_consent[var_session]] = 0.0
-        lo = np.maximum(lo, anchored)
-        # sessions the anchor fills: nothing after the fill step, and no shortfall
-        fills, after = _anchor_fill(
-            net, anchor_a, anchor_var, need_eff, var_session, var_step, kwh, run_start
-        )
-        hi[after] = 0.0
-        lo[after] = 0.0
-        u_hi[fills] = 0.0
     # a car that needs nothing (already full) takes nothing and has no energy row
     full = need_eff[var_session] <= 1e-9
-    hi[full] = 0.0
-    lo[full] = 0.0
     idle = (
         None
         if span is None
         else (var_step < net.first[var_session]) | (var_step >= net.end[var_session])
     )
-    if idle is not None:
-        hi[idle] = 0.0
-        lo[idle] = 0.0
 
     # front-loading: relative position in the stay, in (0, 1]
     front = (pos + 1.0) / np.maximum(stay[var_session], 1.0)
@@ -359,6 +345,26 @@ def build_problem(
         limit_rows = _limit_matrix(net, row_of, limit_group.size, var_session, var_step)
         target_rows = _target_matrix(net, var_of, kw)
     target_kw = net.target_kw.ravel()
+
+    if anchor_a is not None:
+        # last, so that everything above is built while the anchor is computed
+        anchor = anchor_a() if callable(anchor_a) else anchor_a
+        anchor_var = gather(anchor, var_flat)
+        anchored = np.minimum(req, anchor_var)
+        anchored[pause] = 0.0  # (their ``req`` was cut above; they get no anchored bound)
+        lo = np.maximum(lo, anchored)
+        # sessions the anchor fills: nothing after the fill step, and no shortfall
+        fills, after = _anchor_fill(
+            net, anchor, anchor_var, need_eff, var_session, var_step, kwh, run_start
+        )
+        hi[after] = 0.0
+        lo[after] = 0.0
+        u_hi[fills] = 0.0
+    hi[full] = 0.0
+    lo[full] = 0.0
+    if idle is not None:
+        hi[idle] = 0.0
+        lo[idle] = 0.0
 
     return ChargingProblem(
         net=net,

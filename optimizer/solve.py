@@ -206,11 +206,20 @@ def solve_lp(
     (currents or None, solver info, failure reason or None)
     """
     t0 = time.perf_counter()
-    greedy, greedy_from = live.greedy(net) if live is not None else (greedy_currents_a(net), 0)
-    keys = NetKeys.of(net, live.book) if live is not None and backend == "highs" else None
-    span = live.span(net, keys) if live is not None and keys is not None else None
-    like = live.warm.problem if live is not None and live.warm is not None else None
-    problem = build_problem(net, weights, anchor_a=greedy, span=span, like=like)
+    # the greedy anchor runs on a side thread while the main thread builds the parts of the
+    # problem that do not depend on it (its many small steps and the problem's large array
+    # operations share the GIL well)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        anchor = pool.submit(
+            lambda: live.greedy(net) if live is not None else (greedy_currents_a(net), 0)
+        )
+        keys = NetKeys.of(net, live.book) if live is not None and backend == "highs" else None
+        span = live.span(net, keys) if live is not None and keys is not None else None
+        like = live.warm.problem if live is not None and live.warm is not None else None
+        problem = build_problem(
+            net, weights, anchor_a=lambda: anchor.result()[0], span=span, like=like
+        )
+        greedy, greedy_from = anchor.result()
     if problem.n_vars == 0:
         empty: dict[str, Any] = {
             "name": "none",
