@@ -8,11 +8,13 @@ counting still frees every object without cycles at once, so holding the collect
 block loses nothing.
 
 When the last holder leaves, the containers the block made are still young: the next
-allocation would start one pass over all of them (about 60 ms for a schedule). What is still
-alive then is long-lived (a schedule is kept until the next one), so they are moved to the
-oldest generation at once instead (``gc.freeze()`` then ``gc.unfreeze()``, constant time),
-where a full collection still visits them. This is skipped when somebody else froze objects
-(e.g. a server before forking), so their frozen set is left alone.
+allocation would start one pass over all of them (about 60 ms for a schedule). A holder that
+builds something long-lived (a schedule is kept until the next one) asks for ``promote``: then
+what is young is moved to the oldest generation at once instead (``gc.freeze()`` then
+``gc.unfreeze()``, constant time), where a full collection still visits it. Blocks whose
+objects die with them (a demand-response activation) do not ask: their few survivors, and
+any cyclic garbage, are left to the young pass. Promotion is skipped when somebody else froze
+objects (e.g. a server before forking), so their frozen set is left alone.
 """
 
 from __future__ import annotations
@@ -25,26 +27,30 @@ from contextlib import contextmanager
 _LOCK = threading.Lock()
 _HOLDERS = 0
 _WAS_ENABLED = True
+_PROMOTE = False
 
 
 @contextmanager
-def gc_paused() -> Iterator[None]:
+def gc_paused(promote: bool = False) -> Iterator[None]:
     """Hold the collector while the block runs. Nested and concurrent holders are counted:
-    the collector comes back when the last one leaves (if it was on)."""
-    global _HOLDERS, _WAS_ENABLED
+    the collector comes back when the last one leaves (if it was on). With ``promote``, what
+    the hold made is moved to the oldest generation when it ends (see the module's text)."""
+    global _HOLDERS, _WAS_ENABLED, _PROMOTE
     with _LOCK:
         if _HOLDERS == 0:
             _WAS_ENABLED = gc.isenabled()
             gc.disable()
         _HOLDERS += 1
+        _PROMOTE = _PROMOTE or promote
     try:
         yield
     finally:
         with _LOCK:
             _HOLDERS -= 1
             if _HOLDERS == 0:
-                if gc.get_freeze_count() == 0:
+                if _PROMOTE and gc.get_freeze_count() == 0:
                     gc.freeze()
                     gc.unfreeze()
+                _PROMOTE = False
                 if _WAS_ENABLED:
                     gc.enable()

@@ -283,7 +283,7 @@ def build_schedule(
     live engine's list holding the session and node rows of its previous schedule (replaced
     by this schedule's); a row equal to its previous one is copied instead of converted.
     """
-    with gc_paused():
+    with gc_paused(promote=True):
         return _build_schedule(net, current_a, method, status, solver, reason, memo)
 
 

@@ -37,7 +37,7 @@ def test_gc_paused_nests_and_restores() -> None:
 def test_containers_made_in_the_block_go_to_the_oldest_generation() -> None:
     gc.enable()
     gc.collect()
-    with gc_paused():
+    with gc_paused(promote=True):
         kept = [[float(k)] * 4 for k in range(5000)]
         assert gc.get_count()[0] >= 5000  # young, and the collector did not run
     # the next allocation finds no young generation to traverse: they were promoted
@@ -54,9 +54,21 @@ def test_someone_elses_frozen_objects_stay_frozen() -> None:
     try:
         frozen = gc.get_freeze_count()
         assert frozen > 0
-        with gc_paused():
+        with gc_paused(promote=True):
             young = [[1.0] for _ in range(100)]
         assert gc.get_freeze_count() == frozen  # not thawed by the hold
         assert id(young) not in {id(o) for o in gc.get_objects(generation=2)}
     finally:
         gc.unfreeze()
+
+
+def test_a_hold_without_promote_leaves_the_young_generation() -> None:
+    gc.enable()
+    gc.collect()
+    with gc_paused():
+        kept = [[float(k)] * 4 for k in range(5000)]
+    # the young pass ran (or runs with the next allocations): the block's objects are in a
+    # young generation, not promoted
+    young = {id(o) for g in (0, 1) for o in gc.get_objects(generation=g)}
+    assert id(kept) in young
+    assert id(kept) not in {id(o) for o in gc.get_objects(generation=2)}
