@@ -107,9 +107,12 @@ def no_pause_dip_cells(
 
 def prepare(net: Network) -> None:
     """Compute the per-network arrays the checks of a schedule use (plugged-in cells, their
-    levels, node membership), so that a solver can have them ready while it solves."""
-    _cell_constants(net)
+    levels, node membership), so that a solver can have them ready while it solves. The node
+    membership first: the levels need :func:`optimizer.problem.required_level_a`, which the
+    greedy anchor computes at its start on another thread."""
     node_power_matrix_kw(net, np.zeros((net.n_sessions, 0)))
+    present_cells(net)
+    _cell_constants(net)
 
 
 def _cell_constants(net: Network) -> tuple[np.ndarray, np.ndarray]:

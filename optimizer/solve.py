@@ -208,11 +208,14 @@ def solve_lp(
     t0 = time.perf_counter()
     # the greedy anchor runs on a side thread while the main thread builds the parts of the
     # problem that do not depend on it (its many small steps and the problem's large array
-    # operations share the GIL well)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        anchor = pool.submit(
+    # operations share the GIL well); a third thread computes the per-network arrays the
+    # checks of the result need, while the cores are not yet busy with the solver
+    side = ThreadPoolExecutor(max_workers=2)
+    try:
+        anchor = side.submit(
             lambda: live.greedy(net) if live is not None else (greedy_currents_a(net), 0)
         )
+        side.submit(prepare, net)
         keys = NetKeys.of(net, live.book) if live is not None and backend == "highs" else None
         span = live.span(net, keys) if live is not None and keys is not None else None
         like = live.warm.problem if live is not None and live.warm is not None else None
@@ -220,6 +223,8 @@ def solve_lp(
             net, weights, anchor_a=lambda: anchor.result()[0], span=span, like=like
         )
         greedy, greedy_from = anchor.result()
+    finally:
+        side.shutdown(wait=False)
     if problem.n_vars == 0:
         empty: dict[str, Any] = {
             "name": "none",
@@ -258,8 +263,6 @@ def _repair_loop(
     side = ThreadPoolExecutor(max_workers=1)
     try:
         greedy_value = side.submit(objective_value, problem, greedy)
-        if problem.net is not None:  # and the arrays the checks of the result need
-            side.submit(prepare, problem.net)
         return _repair_rounds(problem, twin, greedy, greedy_value, t0, time_limit_s, progress)
     finally:
         side.shutdown(wait=False)
