@@ -47,6 +47,9 @@ Progress = Callable[[str], None]
 
 _blas: ThreadpoolController | None = None
 _blas_lock = threading.Lock()
+_blas_holders = 0
+_blas_limit: Any = None
+"""The limit in force while any schedule is computed (restored when the last one ends)."""
 
 
 @contextlib.contextmanager
@@ -56,14 +59,25 @@ def one_blas_thread() -> Iterator[None]:
     The parts of the LP already solve on every core. After each call (a dot product of a
     million entries is enough to wake them) OpenBLAS' worker threads spin-wait for more work,
     and that spinning takes cycles from the solver threads (measured: about 4 % of a live
-    re-solve's CPU time at 16,000 connectors).
+    re-solve's CPU time at 16,000 connectors). BLAS' thread count is process-wide, so
+    concurrent and nested holders are counted: the first sets the limit, the last restores
+    the count from before.
     """
-    global _blas
+    global _blas, _blas_holders, _blas_limit
     with _blas_lock:
         if _blas is None:
             _blas = ThreadpoolController()
-    with _blas.limit(limits=1, user_api="blas"):
+        if _blas_holders == 0:
+            _blas_limit = _blas.limit(limits=1, user_api="blas")
+        _blas_holders += 1
+    try:
         yield
+    finally:
+        with _blas_lock:
+            _blas_holders -= 1
+            if _blas_holders == 0:
+                _blas_limit.restore_original_limits()
+                _blas_limit = None
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The garbage-collector hold of schedule building and demand-response activations."""
+"""The garbage-collector and BLAS-thread holds of schedule building and demand-response
+activations."""
 
 from __future__ import annotations
 
@@ -72,3 +73,29 @@ def test_a_hold_without_promote_leaves_the_young_generation() -> None:
     young = {id(o) for g in (0, 1) for o in gc.get_objects(generation=g)}
     assert id(kept) in young
     assert id(kept) not in {id(o) for o in gc.get_objects(generation=2)}
+
+
+def blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [int(lib["num_threads"]) for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+def test_one_blas_thread_holds_are_counted() -> None:
+    from threadpoolctl import threadpool_limits
+
+    from optimizer.solve import one_blas_thread
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        if not before:
+            pytest.skip("no BLAS library loaded")
+        first = one_blas_thread()
+        second = one_blas_thread()
+        first.__enter__()
+        assert set(blas_threads()) == {1}
+        second.__enter__()
+        first.__exit__(None, None, None)
+        assert set(blas_threads()) == {1}  # the second holder still computes
+        second.__exit__(None, None, None)
+        assert blas_threads() == before
