@@ -235,7 +235,9 @@ def render_batch(
     """
     m = len(session_ids)
     t0 = start.timestamp()
-    limit = np.array([round(float(x), 1) for x in np.asarray(limit_a).tolist()], dtype=np.float64)
+    # rounded as Python rounds (correctly, in decimal), each distinct limit once
+    inv, distinct = _factorize(np.asarray(limit_a, dtype=np.float64))
+    limit = np.array([round(float(x), 1) for x in distinct.tolist()], dtype=np.float64)[inv]
     until = np.asarray(until_s, dtype=np.float64)
     phases = np.asarray(n_phases, dtype=np.int64)
     # the published profiles, flattened
