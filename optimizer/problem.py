@@ -195,15 +195,20 @@ class ChargingProblem:
     def n_vars(self) -> int:
         return int(self.var_session.size)
 
+    def flat_index(self) -> np.ndarray:
+        """Each variable's cell in the flat ``sessions × steps`` matrix of its network."""
+        if self.var_flat is not None:
+            return self.var_flat
+        if self.net is None:
+            raise ValueError("net: a part of a problem has no network to place its cells in")
+        return self.var_session * self.net.steps + self.var_step
+
     def currents(self, x: np.ndarray) -> np.ndarray:
         """Spread a solution vector to a ``sessions × steps`` current matrix [A]."""
         if self.net is None:
             raise ValueError("net: a part of a problem has no network to spread currents on")
         out = np.zeros((self.net.n_sessions, self.net.steps))
-        flat = self.var_flat
-        if flat is None:
-            flat = self.var_session * self.net.steps + self.var_step
-        out.ravel()[flat] = x  # a view: ``out`` is new and contiguous
+        out.ravel()[self.flat_index()] = x  # a view: ``out`` is new and contiguous
         return out
 
 
@@ -580,10 +585,7 @@ def objective_value(p: ChargingProblem, current_a: np.ndarray) -> float:
     deviations the distance to the target, exactly as the optimal LP would set them.
     """
     w = p.weights
-    if p.var_flat is not None:
-        x = gather(current_a, p.var_flat)
-    else:
-        x = current_a[p.var_session, p.var_step]
+    x = gather(current_a, p.flat_index())
     value = float(p.i_cost_per_a @ x)
     delivered = p.energy_rows @ x
     shortfall = np.maximum(p.need_eff_kwh - delivered, 0.0)
