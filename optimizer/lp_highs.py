@@ -4,6 +4,13 @@ Column layout: ``[i (currents) | u (shortfall segments) | σ (limit slacks) | d�
 Row layout: ``[energy balance (=) | limits (≤) | target tracking (=) | pause on/off (≥, ≤)]``.
 The equations are in ``docs/objective.md``. The live :class:`HighsTwin` keeps the solver state so
 that a bound change re-solves warm from the previous basis.
+
+The HiGHS model holds only the columns that can be nonzero: a column whose bounds fix it at 0
+(the cells after the greedy anchor fills a car, idle cells, the shortfall of a car the anchor
+fills) adds nothing to any row or to the objective, and at 16,000 connectors two columns in
+three are such. Presolve removes them from a cold solve, but a warm re-solve starts from a
+basis without presolve, and there every run and every simplex iteration would carry them
+(docs/scale.md). ``HighsTwin.cols`` maps the model's columns to the layout.
 """
 
 from __future__ import annotations
@@ -83,6 +90,11 @@ def objective_columns(p: ChargingProblem) -> dict[str, np.ndarray]:
     }
 
 
+def _zero_fixed(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Columns whose bounds fix them at 0: the LP is the same without them."""
+    return (lo == 0.0) & (hi == 0.0)
+
+
 WARM_OPTIONS: dict[str, float] = {"dual_simplex_cost_perturbation_multiplier": 0.0}
 """Options of a re-solve from the previous basis after an in-place update. The dual simplex
 perturbs the costs of a solve by default, against stalling on degenerate vertices; from an
@@ -155,26 +167,34 @@ class HighsTwin:
         row_lo = np.concatenate([b[1] for b in blocks])
         row_hi = np.concatenate([b[2] for b in blocks])
 
+        # the model holds only the columns that can be nonzero (see ``cols``)
+        cols = np.flatnonzero(~_zero_fixed(col_lo, col_hi))
+        A_model = A[:, cols]
         lp = highspy.HighsLp()
-        lp.num_col_ = ncol
+        lp.num_col_ = cols.size
         lp.num_row_ = A.shape[0]
-        lp.col_cost_ = cost
-        lp.col_lower_ = col_lo
-        lp.col_upper_ = col_hi
+        lp.col_cost_ = cost[cols]
+        lp.col_lower_ = col_lo[cols]
+        lp.col_upper_ = col_hi[cols]
         lp.row_lower_ = row_lo
         lp.row_upper_ = row_hi
         lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-        lp.a_matrix_.start_ = A.indptr.astype(np.int32)
-        lp.a_matrix_.index_ = A.indices.astype(np.int32)
-        lp.a_matrix_.value_ = A.data
-        lp.a_matrix_.num_col_ = ncol
+        lp.a_matrix_.start_ = A_model.indptr.astype(np.int32)
+        lp.a_matrix_.index_ = A_model.indices.astype(np.int32)
+        lp.a_matrix_.value_ = A_model.data
+        lp.a_matrix_.num_col_ = cols.size
         lp.a_matrix_.num_row_ = A.shape[0]
         if n_b:
             integrality = np.zeros(ncol, dtype=np.int32)
             integrality[self.off_z :] = 1
-            lp.integrality_ = [highspy.HighsVarType(int(v)) for v in integrality]
+            lp.integrality_ = [highspy.HighsVarType(int(v)) for v in integrality[cols]]
         self.is_mip = n_b > 0
         self.h.passModel(lp)
+        self._a = A
+        self.cols = cols
+        self._pos = np.full(ncol, -1, dtype=np.int64)
+        self._pos[cols] = np.arange(cols.size)
+        self._dual: np.ndarray | None = None
         # what the model holds now, so that an update passes only what changed
         self._cost, self._col_lo, self._col_hi = cost, col_lo.copy(), col_hi.copy()
         n_rows = n_e + n_l + n_t
@@ -195,23 +215,46 @@ class HighsTwin:
     def update(self, problem: ChargingProblem) -> bool:
         """Take over the bounds, costs and right-hand sides of ``problem``, which must have the
         same columns, rows and matrix as the model's (no binaries); the basis stays, so the next
-        solve is warm. Returns whether anything changed (else the model's optimum holds)."""
+        solve is warm. Returns whether anything changed (else the model's optimum holds).
+
+        Columns that became fixed at 0 leave the model when they are surely non-basic (a
+        nonzero reduced cost in the last optimum), and columns that may be nonzero again come
+        back (non-basic at a bound): HiGHS keeps the basis of the other columns."""
         if problem.binary_vars.size or self.p.binary_vars.size:
             raise ValueError("problem: a model with binaries is rebuilt, not updated")
         self.p = problem
         for name, value in WARM_OPTIONS.items():
             self.h.setOptionValue(name, value)
         cost, col_lo, col_hi = self._column_vectors()
+        zero = _zero_fixed(col_lo, col_hi)
+        present = self._pos >= 0
+        n_drop = 0
+        if self._dual is not None:
+            # non-basic for sure: a basic column's reduced cost is exactly 0
+            dual = np.zeros(self.ncol)
+            dual[self.cols] = self._dual
+            drop = np.flatnonzero(present & zero & (dual != 0.0))
+            n_drop = drop.size
+            if n_drop:
+                at = np.sort(self._pos[drop]).astype(np.int32)
+                self.h.deleteCols(int(at.size), at)
+                self.cols = np.delete(self.cols, at)
+                self._pos[drop] = -1
+                self._pos[self.cols] = np.arange(self.cols.size)
+                present[drop] = False
+        self._dual = None
         # only the entries that changed go to HiGHS (a DR step moves a few hundred bounds of
         # a hundred thousand)
-        idx = np.nonzero(cost != self._cost)[0].astype(np.int32)
+        idx = np.flatnonzero(present & (cost != self._cost))
         n_cost = idx.size
         if n_cost:
-            self.h.changeColsCost(int(idx.size), idx, cost[idx])
-        idx = np.nonzero((col_lo != self._col_lo) | (col_hi != self._col_hi))[0].astype(np.int32)
+            at, idx = self._model_order(idx)
+            self.h.changeColsCost(int(at.size), at, cost[idx])
+        idx = np.flatnonzero(present & ((col_lo != self._col_lo) | (col_hi != self._col_hi)))
         n_col = idx.size
         if n_col:
-            self.h.changeColsBounds(int(idx.size), idx, col_lo[idx], col_hi[idx])
+            at, idx = self._model_order(idx)
+            self.h.changeColsBounds(int(at.size), at, col_lo[idx], col_hi[idx])
         n_l = problem.limit_rhs.size
         row_lo = np.concatenate([problem.need_eff_kwh, np.full(n_l, -_INF), problem.target_kw])
         row_hi = np.concatenate([problem.need_eff_kwh, problem.limit_rhs, problem.target_kw])
@@ -223,7 +266,35 @@ class HighsTwin:
             )
         self._cost, self._col_lo, self._col_hi = cost, col_lo, col_hi
         self._row_lo, self._row_hi = row_lo, row_hi
-        return bool(n_cost or n_col or rows.size)
+        n_add = self._add_columns(np.flatnonzero(~present & ~zero))
+        return bool(n_cost or n_col or rows.size or n_add or n_drop)
+
+    def _model_order(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Model positions of the (present) columns ``idx``, ascending as HiGHS wants them, and
+        the columns in that order."""
+        at = self._pos[idx]
+        order = np.argsort(at, kind="stable")
+        return at[order].astype(np.int32), idx[order]
+
+    def _add_columns(self, idx: np.ndarray) -> int:
+        """Put the absent columns ``idx`` back into the model, with their current cost and
+        bounds (HiGHS makes them non-basic at a bound)."""
+        if idx.size == 0:
+            return 0
+        block = self._a[:, idx]
+        self.h.addCols(
+            int(idx.size),
+            self._cost[idx],
+            self._col_lo[idx],
+            self._col_hi[idx],
+            int(block.nnz),
+            block.indptr[:-1].astype(np.int32),
+            block.indices.astype(np.int32),
+            block.data,
+        )
+        self._pos[idx] = np.arange(self.cols.size, self.cols.size + idx.size)
+        self.cols = np.concatenate([self.cols, idx])
+        return int(idx.size)
 
     def _pad(self, left: sp.spmatrix, blocks: list[tuple[int, sp.spmatrix]]) -> sp.csr_matrix:
         """Place column blocks at their offsets in a row block."""
@@ -276,9 +347,13 @@ class HighsTwin:
             return
         self.p.i_lo_a[var] = lo_a
         self._col_lo[var] = lo_a
-        self.h.changeColsBounds(
-            int(var.size), var.astype(np.int32), lo_a.astype(float), self.p.i_hi_a[var]
-        )
+        present = self._pos[var] >= 0
+        at, idx = self._model_order(var[present])
+        if at.size:
+            self.h.changeColsBounds(
+                int(at.size), at, self._col_lo[idx].astype(float), self._col_hi[idx]
+            )
+        self._add_columns(var[~present & ~_zero_fixed(self._col_lo[var], self._col_hi[var])])
 
     def solve(self) -> LpSolution:
         t0 = time.perf_counter()
@@ -290,6 +365,7 @@ class HighsTwin:
         nv = self.p.n_vars
         if status == highspy.HighsModelStatus.kModelEmpty:
             # nothing to decide (e.g. a part whose cars are all full)
+            self._dual = None
             return LpSolution(np.zeros(nv), "optimal", 0.0, 0.0, elapsed, np.zeros(0))
         if status == highspy.HighsModelStatus.kOptimal:
             state = "optimal"
@@ -302,8 +378,14 @@ class HighsTwin:
         else:
             state = "failed"
         if state == "failed":
+            self._dual = None
             return LpSolution(np.zeros(nv), state, float("nan"), None, elapsed, np.zeros(0))
-        col = np.asarray(self.h.getSolution().col_value)
+        solution = self.h.getSolution()
+        col = np.zeros(self.ncol)
+        col[self.cols] = solution.col_value
+        # reduced costs of an optimum tell which columns are surely non-basic (``update``)
+        usable = state == "optimal" and not self.is_mip
+        self._dual = np.asarray(solution.col_dual) if usable else None
         gap: float | None = float(info.mip_gap) if self.is_mip else 0.0
         if state != "optimal" and not self.is_mip:
             gap = None

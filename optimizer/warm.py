@@ -205,7 +205,9 @@ def basis_of(twin: HighsTwin) -> tuple[np.ndarray, np.ndarray]:
     basis = twin.h.getBasis()
     if not basis.valid:
         return np.zeros(0, np.int8), np.zeros(0, np.int8)
-    col = np.fromiter((int(s) for s in basis.col_status), dtype=np.int8)
+    # columns left out of the model (fixed at 0) sit at their lower bound
+    col = np.full(twin.ncol, _LOWER, dtype=np.int8)
+    col[twin.cols] = np.fromiter((int(s) for s in basis.col_status), dtype=np.int8)
     row = np.fromiter((int(s) for s in basis.row_status), dtype=np.int8)
     return col, row
 
@@ -232,7 +234,7 @@ def warm_start(
     """Give a fresh model the basis of an older one, matched by key; True when HiGHS took it."""
     if old_col.size == 0:
         return False
-    col = _mapped(keys.col, old_keys.col, old_col, _LOWER)
+    col = _mapped(keys.col, old_keys.col, old_col, _LOWER)[twin.cols]
     row = _mapped(keys.row, old_keys.row, old_row, _BASIC)
     lp = twin.h.getLp()
     col_lo, col_hi = np.asarray(lp.col_lower_), np.asarray(lp.col_upper_)

@@ -361,3 +361,53 @@ def test_an_update_in_place_passes_changes_and_equals_a_fresh_model() -> None:
     fresh = HighsTwin(b).solve()
     assert warm.status == fresh.status == "optimal"
     assert warm.objective == pytest.approx(fresh.objective, rel=1e-9, abs=1e-7)
+
+
+def test_columns_fixed_at_zero_leave_the_model_and_come_back() -> None:
+    """The live model holds only the columns that can be nonzero. An update drops the ones
+    that became fixed at 0 (non-basic), takes back the ones that may be nonzero again, keeps
+    the basis, and solves to the optimum of a fresh model; the cold model reaches the
+    objective of the full pyomo model."""
+    import numpy as np
+
+    from optimizer.greedy import greedy_currents_a
+    from optimizer.lp_highs import HighsTwin
+    from optimizer.lp_pyomo import PyomoTwin
+    from optimizer.problem import build_problem
+
+    raw = base(4)
+    for s in raw["sessions"]:  # small needs: the anchor fills most cars early
+        if s.get("energy_kwh"):
+            s["energy_kwh"] = round(s["energy_kwh"] * 0.3, 3)
+    net = compile_network(parse_scenario(raw))
+    a = build_problem(net, anchor_a=greedy_currents_a(net))
+    twin = HighsTwin(a)
+    zero = (a.i_lo_a == 0) & (a.i_hi_a == 0)
+    assert zero.sum() > 0.2 * a.n_vars  # cells after the anchor's fill step: fixed at 0 A
+    assert twin.h.getNumCol() <= twin.ncol - zero.sum()
+    cold = twin.solve()
+    full = PyomoTwin(build_problem(net, anchor_a=greedy_currents_a(net))).solve()
+    assert cold.objective == pytest.approx(full.objective, rel=1e-7, abs=1e-7)
+
+    # half of the sessions need more energy (their cars fill later: columns come back), the
+    # other half less (they fill earlier: columns become fixed at 0)
+    for k, s in enumerate(raw["sessions"]):
+        if s.get("energy_kwh"):
+            s["energy_kwh"] = round(s["energy_kwh"] * (1.6 if k % 2 else 0.5), 3)
+    net2 = compile_network(parse_scenario(raw))
+    b = build_problem(net2, anchor_a=greedy_currents_a(net2), like=a)
+    assert b.limit_rows is a.limit_rows  # the same layout: an update in place
+    before = set(twin.cols.tolist())
+    assert twin.update(b)
+    after = set(twin.cols.tolist())
+    assert before - after and after - before  # columns left and came back
+    assert twin.h.getBasis().valid  # the basis survived
+    zero_b = np.flatnonzero((b.i_lo_a == 0) & (b.i_hi_a == 0))
+    assert not (set(np.flatnonzero(~((b.i_lo_a == 0) & (b.i_hi_a == 0)))) - after)
+    assert len(after & set(zero_b.tolist())) < zero_b.size  # most zero columns are out
+    warm = twin.solve()
+    fresh = HighsTwin(b).solve()
+    assert warm.status == fresh.status == "optimal"
+    assert warm.objective == pytest.approx(fresh.objective, rel=1e-9, abs=1e-7)
+    assert np.all(warm.x >= b.i_lo_a - 1e-7) and np.all(warm.x <= b.i_hi_a + 1e-7)
+    assert np.all(warm.x[zero_b] == 0.0)
