@@ -25,10 +25,12 @@ import threading
 import time
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
 from functools import lru_cache
+from itertools import pairwise
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
@@ -964,6 +966,93 @@ def activation_json(a: DrActivation) -> dict[str, Any]:
     }
 
 
+RENDER_CHUNKS = (512, 2048)
+"""Sessions in the first chunk of an activation's profiles, and in each later one: a worker
+thread renders chunk k + 1 while the request's thread writes chunk k (:func:`_write_profiles`)."""
+
+
+def render_chunks(m: int) -> list[tuple[int, int]]:
+    """``[a, b)`` bounds of the chunks of ``m`` sessions (a small first one, so the writing
+    starts early)."""
+    first, size = RENDER_CHUNKS
+    bounds = [0, *range(min(first, m), m, size), m] if m else []
+    return [(a, b) for a, b in pairwise(bounds) if b > a]
+
+
+def _write_profiles(
+    db: Session,
+    settings: Settings,
+    activation_id: int,
+    now: datetime,
+    fleet: Fleet,
+    act: Activation,
+    chosen: np.ndarray,
+    ids: list[str],
+    texts: Mapping[str, str],
+    spans: Spans,
+) -> None:
+    """Render the curtailment profiles of ``ids`` and write them with their curtailment rows,
+    profile changes and outbox items, chunk by chunk: a worker thread renders (Python, holding
+    the GIL) the next chunk while this thread writes the last one (mostly waiting for the
+    database, without the GIL). Everything goes into the caller's transaction."""
+    duration_s = act.duration_s[chosen].tolist()
+    untils: dict[float, datetime] = {}
+    until = [untils.get(d) or untils.setdefault(d, now + timedelta(seconds=d)) for d in duration_s]
+    until_s = np.array([u.timestamp() for u in until], dtype=np.float64)
+    n_phases = fleet.n_phases[chosen].astype(np.int64)
+    evse = fleet.evse[chosen].tolist()
+    min_a = fleet.min_a[chosen]
+    profile_ids = [charging_profile_id(sid) for sid in ids]
+    regions = [fleet.region[k] for k in chosen.tolist()]
+    i_now = fleet.i_now_a[chosen].tolist()
+    release = act.release_kw[chosen].tolist()
+    kwh = fleet.kwh[chosen].tolist()
+    min_list = min_a.tolist()
+
+    def render(a: int, b: int) -> Batch:
+        return render_batch(
+            start=now,
+            until_s=until_s[a:b],
+            limit_a=min_a[a:b],
+            n_phases=n_phases[a:b],
+            evse_id=evse[a:b],
+            profile_id=profile_ids[a:b],
+            session_ids=ids[a:b],
+            previous=decode_profiles([texts.get(sid) for sid in ids[a:b]]),
+            voltage_v=settings.voltage_v,
+            step_s=settings.step_s,
+        )
+
+    chunks = render_chunks(len(ids))
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dr-render")
+    try:
+        # one worker: the chunks are rendered in order, each while the one before is written
+        batches = [pool.submit(render, a, b) for a, b in chunks]
+        for (a, b), pending in zip(chunks, batches, strict=True):
+            batch = pending.result()
+            spans.mark("render")
+            m = b - a
+            values: list[Sequence[Any]] = [  # in the order of CURTAILMENT_COLUMNS
+                [activation_id] * m,
+                ids[a:b],
+                regions[a:b],
+                [now] * m,
+                until[a:b],
+                min_list[a:b],
+                i_now[a:b],
+                release[a:b],
+                kwh[a:b],
+                batch.planned_kwh,
+            ]
+            columns = dict(zip(CURTAILMENT_COLUMNS, values, strict=True))
+            insert_columns(db.connection(), cast(Table, DrCurtailment.__table__), columns)
+            spans.mark("write_curtailments")
+            publish_curtailments(db, -activation_id, ids[a:b], batch, settings, now)
+            spans.mark("write_profiles_outbox")
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def run_activation(
     db: Session,
     settings: Settings,
@@ -1004,44 +1093,8 @@ def run_activation(
     spans.mark("decide")
     texts = published_ocpi_texts(db, ids)
     spans.mark("read_profiles")
-    previous = decode_profiles([texts.get(sid) for sid in ids])
-    duration_s = act.duration_s[chosen].tolist()
-    untils: dict[float, datetime] = {}
-    until = [untils.get(d) or untils.setdefault(d, now + timedelta(seconds=d)) for d in duration_s]
-    n_phases = fleet.n_phases[chosen].astype(np.int64)
-    evse = fleet.evse[chosen].tolist()
-    batch = render_batch(
-        start=now,
-        until_s=np.array([u.timestamp() for u in until], dtype=np.float64),
-        limit_a=fleet.min_a[chosen],
-        n_phases=n_phases,
-        evse_id=evse,
-        profile_id=[charging_profile_id(sid) for sid in ids],
-        session_ids=ids,
-        previous=previous,
-        voltage_v=settings.voltage_v,
-        step_s=settings.step_s,
-    )
-    spans.mark("render")
     if ids:
-        m = len(ids)
-        values: list[Sequence[Any]] = [  # in the order of CURTAILMENT_COLUMNS
-            [activation.id] * m,
-            ids,
-            [fleet.region[k] for k in chosen.tolist()],
-            [now] * m,
-            until,
-            fleet.min_a[chosen].tolist(),
-            fleet.i_now_a[chosen].tolist(),
-            act.release_kw[chosen].tolist(),
-            fleet.kwh[chosen].tolist(),
-            batch.planned_kwh,
-        ]
-        columns = dict(zip(CURTAILMENT_COLUMNS, values, strict=True))
-        insert_columns(db.connection(), cast(Table, DrCurtailment.__table__), columns)
-        spans.mark("write_curtailments")
-        publish_curtailments(db, -activation.id, ids, batch, settings, now)
-        spans.mark("write_profiles_outbox")
+        _write_profiles(db, settings, activation.id, now, fleet, act, chosen, ids, texts, spans)
     signal.status = "relayed"
     signal.decided_at = now
     signal.decided_by = actor

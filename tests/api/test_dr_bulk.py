@@ -308,12 +308,20 @@ def test_rendered_shape_text_equals_the_reference_forms(
     assert rendered.changed is True
 
 
+@pytest.mark.parametrize("chunks", [None, (1, 2)], ids=["one chunk", "chunks of 1, 2, 2"])
 def test_activation_rows_equal_the_reference_forms_and_ids_do_not_collide(
     app_client: TestClient,
     factory: sessionmaker[Session],
     keys: dict[str, str],
     db_url: str,
+    chunks: tuple[int, int] | None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Every row of an activation equals the reference forms, also when the profiles are
+    rendered and written chunk by chunk (a worker renders the next chunk meanwhile)."""
+    if chunks is not None:
+        monkeypatch.setattr(dr, "RENDER_CHUNKS", chunks)
+        assert len(dr.render_chunks(len(RELEASE_KW))) > 2
     now = datetime.now(UTC)
     seed(factory, now)
     settings = settings_for(db_url)
@@ -518,3 +526,13 @@ def test_binary_copy_values_are_plain_python_types() -> None:
     assert _binary_values([42, "x", None], "text") == ["42", "x", None]
     same = ["a", "b"]
     assert _binary_values(same, "text") is same  # nothing to convert: the list itself
+
+
+def test_render_chunks_cover_the_sessions_in_order_with_a_small_first_one() -> None:
+    first, size = dr.RENDER_CHUNKS
+    for m in (0, 1, first - 1, first, first + 1, first + size, 13_084):
+        got = dr.render_chunks(m)
+        assert [i for a, b in got for i in range(a, b)] == list(range(m))
+        assert all(b - a <= size for a, b in got)
+        if m:
+            assert got[0] == (0, min(first, m))
