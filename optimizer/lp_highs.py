@@ -294,6 +294,7 @@ class HighsTwin:
         )
         self._pos[idx] = np.arange(self.cols.size, self.cols.size + idx.size)
         self.cols = np.concatenate([self.cols, idx])
+        self._dual = None  # the last optimum's reduced costs no longer match the columns
         return int(idx.size)
 
     def _pad(self, left: sp.spmatrix, blocks: list[tuple[int, sp.spmatrix]]) -> sp.csr_matrix:
@@ -364,8 +365,12 @@ class HighsTwin:
         has_sol = info.primal_solution_status == 2  # kSolutionStatusFeasible
         nv = self.p.n_vars
         if status == highspy.HighsModelStatus.kModelEmpty:
-            # nothing to decide (e.g. a part whose cars are all full)
+            # nothing to decide (e.g. a part whose cars are all full); HiGHS says so for any
+            # model without columns, so the rows must hold at 0
             self._dual = None
+            at_zero = bool(np.all(self._row_lo <= 1e-9) and np.all(self._row_hi >= -1e-9))
+            if not at_zero:
+                return LpSolution(np.zeros(nv), "failed", float("nan"), None, elapsed, np.zeros(0))
             return LpSolution(np.zeros(nv), "optimal", 0.0, 0.0, elapsed, np.zeros(0))
         if status == highspy.HighsModelStatus.kOptimal:
             state = "optimal"

@@ -411,3 +411,66 @@ def test_columns_fixed_at_zero_leave_the_model_and_come_back() -> None:
     assert warm.objective == pytest.approx(fresh.objective, rel=1e-9, abs=1e-7)
     assert np.all(warm.x >= b.i_lo_a - 1e-7) and np.all(warm.x <= b.i_hi_a + 1e-7)
     assert np.all(warm.x[zero_b] == 0.0)
+
+
+def test_a_model_without_columns_is_optimal_only_when_its_rows_hold_at_zero() -> None:
+    """With every column fixed at 0 the model has no columns (HiGHS calls it empty whatever
+    its rows say): a row that 0 cannot meet makes the solve fail, not an optimum."""
+    import dataclasses
+
+    import numpy as np
+    import scipy.sparse as sp
+
+    from optimizer.lp_highs import HighsTwin
+    from optimizer.problem import build_problem
+
+    net = compile_network(parse_scenario(base(4)))
+    p = build_problem(net)
+    nv = p.n_vars
+    none = {
+        "i_lo_a": np.zeros(nv),
+        "i_hi_a": np.zeros(nv),
+        "u_hi_kwh": np.zeros_like(p.u_hi_kwh),
+        "limit_rows": sp.csr_matrix((0, nv)),
+        "limit_rhs": np.zeros(0),
+        "limit_group": np.zeros(0, dtype=np.int64),
+        "limit_step": np.zeros(0, dtype=np.int64),
+        "target_rows": sp.csr_matrix((0, nv)),
+        "target_kw": np.zeros(0),
+    }
+    assert (p.need_eff_kwh > 0).any()
+    stuck = HighsTwin(dataclasses.replace(p, **none))
+    assert stuck.h.getNumCol() == 0
+    assert stuck.solve().status == "failed"  # the cars' energy rows cannot hold
+    full = dataclasses.replace(p, **none, need_eff_kwh=np.zeros_like(p.need_eff_kwh))
+    done = HighsTwin(full).solve()
+    assert done.status == "optimal" and done.objective == 0.0
+
+
+def test_a_column_brought_back_by_a_repair_bound_forgets_the_old_reduced_costs() -> None:
+    """A lower bound on a column that had left the model puts it back; the reduced costs of
+    the last optimum no longer match the model's columns and are not used for dropping."""
+    import numpy as np
+
+    from optimizer.greedy import greedy_currents_a
+    from optimizer.lp_highs import HighsTwin
+    from optimizer.problem import build_problem
+
+    raw = base(4)
+    for s in raw["sessions"]:
+        if s.get("energy_kwh"):
+            s["energy_kwh"] = round(s["energy_kwh"] * 0.3, 3)
+    net = compile_network(parse_scenario(raw))
+    a = build_problem(net, anchor_a=greedy_currents_a(net))
+    twin = HighsTwin(a)
+    assert twin.solve().status == "optimal"
+    absent = int(np.flatnonzero((a.i_lo_a == 0) & (a.i_hi_a == 0))[0])
+    n = twin.h.getNumCol()
+    twin.set_current_lower(np.array([absent]), np.array([1.0]))  # above its upper bound 0
+    assert twin.h.getNumCol() == n + 1 and absent in twin.cols.tolist()
+    b = build_problem(net, anchor_a=greedy_currents_a(net), like=a)
+    twin.update(b)  # before any solve: the bound goes back, nothing stale is used
+    fresh = HighsTwin(b).solve()
+    warm = twin.solve()
+    assert warm.status == fresh.status == "optimal"
+    assert warm.objective == pytest.approx(fresh.objective, rel=1e-9, abs=1e-7)

@@ -28,5 +28,6 @@ def test_importing_the_optimizer_turns_the_advice_off_for_itself_and_its_childre
 
 
 def test_a_users_setting_wins() -> None:
-    assert probe("1") == "True 1"
     assert probe("0") == "False 0"
+    if sys.platform == "linux":  # numpy advises huge pages on Linux only
+        assert probe("1") == "True 1"
