@@ -14,17 +14,15 @@ schedule is published with status ``fallback`` and the reason.
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
+from optimizer.collector import one_blas_thread
 from optimizer.decompose import PartitionedTwin
 from optimizer.greedy import GreedyRun, first_changed_step, greedy_currents_a, greedy_run
 from optimizer.lp_highs import LpSolution
@@ -44,40 +42,6 @@ ESCALATE_ROUND = 3
 """From this repair round on, sessions behind the anchor are pinned too (bounds the rounds)."""
 
 Progress = Callable[[str], None]
-
-_blas: ThreadpoolController | None = None
-_blas_lock = threading.Lock()
-_blas_holders = 0
-_blas_limit: Any = None
-"""The limit in force while any schedule is computed (restored when the last one ends)."""
-
-
-@contextlib.contextmanager
-def one_blas_thread() -> Iterator[None]:
-    """BLAS on the calling thread only, while a schedule is computed.
-
-    The parts of the LP already solve on every core. After each call (a dot product of a
-    million entries is enough to wake them) OpenBLAS' worker threads spin-wait for more work,
-    and that spinning takes cycles from the solver threads (measured: about 4 % of a live
-    re-solve's CPU time at 16,000 connectors). BLAS' thread count is process-wide, so
-    concurrent and nested holders are counted: the first sets the limit, the last restores
-    the count from before.
-    """
-    global _blas, _blas_holders, _blas_limit
-    with _blas_lock:
-        if _blas is None:
-            _blas = ThreadpoolController()
-        if _blas_holders == 0:
-            _blas_limit = _blas.limit(limits=1, user_api="blas")
-        _blas_holders += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_holders -= 1
-            if _blas_holders == 0:
-                _blas_limit.restore_original_limits()
-                _blas_limit = None
 
 
 @dataclass

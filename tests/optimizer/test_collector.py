@@ -84,7 +84,7 @@ def blas_threads() -> list[int]:
 def test_one_blas_thread_holds_are_counted() -> None:
     from threadpoolctl import threadpool_limits
 
-    from optimizer.solve import one_blas_thread
+    from optimizer.collector import one_blas_thread
 
     with threadpool_limits(limits=2, user_api="blas"):
         before = blas_threads()
