@@ -157,8 +157,7 @@ def insert_columns(
     if conn.dialect.name == "postgresql":
         if replace_on is not None:
             k = list(columns).index(replace_on)
-            keys = encoded_columns[k]
-            conn.execute(text(f"DELETE FROM {name} WHERE {cols_q[k]} = ANY(:keys)"), {"keys": keys})
+            _delete_keys(conn, name, cols_q[k], encoded_columns[k])
         raw = conn.connection.driver_connection
         assert raw is not None
         binary = _binary_types(conn, table, columns)
@@ -193,6 +192,26 @@ def insert_columns(
     return len(rows)
 
 
+_KEY_SEPARATOR = "\x1f"
+"""Joins the keys of :func:`_delete_keys` into one text (ASCII unit separator)."""
+
+
+def _delete_keys(conn: Connection, table: str, column: str, keys: list[Any]) -> None:
+    """``DELETE FROM table WHERE column = ANY(keys)`` on PostgreSQL. Text keys go as one text
+    split by the server: the driver encodes a list of 16,000 strings as an array literal
+    element by element, several times the cost of the delete. Keys that hold the separator
+    (none that a session id can hold) go as an array."""
+    if all(k.__class__ is str for k in keys):
+        joined = _KEY_SEPARATOR.join(keys)
+        if joined.count(_KEY_SEPARATOR) == len(keys) - 1:
+            conn.execute(
+                text(f"DELETE FROM {table} WHERE {column} = ANY(string_to_array(:keys, :sep))"),
+                {"keys": joined, "sep": _KEY_SEPARATOR},
+            )
+            return
+    conn.execute(text(f"DELETE FROM {table} WHERE {column} = ANY(:keys)"), {"keys": keys})
+
+
 _BINARY_TYPES = {
     # the column's type → the type the value is sent as in a binary COPY (the server reads it
     # with the column's own receive function: a json column receives its text as is)
@@ -209,17 +228,38 @@ _BINARY_TYPES = {
 }
 
 
+def _catalog(conn: Connection, key: tuple[str, ...], look_up: Callable[[], Any]) -> Any:
+    """``look_up()`` once per database connection and ``key``: the server's catalog (column
+    types, sequences) does not change under a running service, and a query per chunk of a bulk
+    write is a round trip each time. Kept in the pooled connection's ``info``, which lives as
+    long as the connection to the server (a migration runs before the service's engine
+    connects: :func:`api.db.migrate`)."""
+    cache = conn.connection.info.setdefault(_CATALOG_KEY, {})
+    if key not in cache:
+        cache[key] = look_up()
+    return cache[key]
+
+
+_CATALOG_KEY = "gridcharge.bulk.catalog"
+
+
 def _binary_types(conn: Connection, table: Table, columns: Sequence[str]) -> list[str] | None:
     """The types to send ``columns`` as in a binary ``COPY`` (from the server's catalog), or
     None when one of them has no binary form here (the text ``COPY`` is used then)."""
-    rows = conn.execute(
-        text(
-            "SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
-            "WHERE a.attrelid = CAST(:t AS regclass) AND a.attnum > 0 AND NOT a.attisdropped"
-        ),
-        {"t": conn.dialect.identifier_preparer.format_table(table)},
-    ).all()
-    types = {str(n): _BINARY_TYPES.get(str(t)) for n, t in rows}
+    name = conn.dialect.identifier_preparer.format_table(table)
+
+    def look_up() -> dict[str, str | None]:
+        rows = conn.execute(
+            text(
+                "SELECT a.attname, t.typname FROM pg_attribute a "
+                "JOIN pg_type t ON t.oid = a.atttypid "
+                "WHERE a.attrelid = CAST(:t AS regclass) AND a.attnum > 0 AND NOT a.attisdropped"
+            ),
+            {"t": name},
+        ).all()
+        return {str(n): _BINARY_TYPES.get(str(t)) for n, t in rows}
+
+    types = cast(dict[str, str | None], _catalog(conn, ("types", name), look_up))
     out = [types.get(c) for c in columns]
     return None if any(t is None for t in out) else cast(list[str], out)
 
@@ -326,10 +366,14 @@ def reserve_ids(conn: Connection, table: Table, column: str, n: int) -> list[int
         return []
     name = conn.dialect.identifier_preparer.format_table(table)
     if conn.dialect.name == "postgresql":
-        seq = conn.execute(
-            text("SELECT pg_get_serial_sequence(:t, :c)::regclass::oid"),
-            {"t": table.name, "c": column},
-        ).scalar_one()
+        seq = _catalog(
+            conn,
+            ("sequence", name, column),
+            lambda: conn.execute(
+                text("SELECT pg_get_serial_sequence(:t, :c)::regclass::oid"),
+                {"t": table.name, "c": column},
+            ).scalar_one(),
+        )
         # One row with an array, not n rows: the driver decodes it in one go. The sequence is
         # a constant (its oid, folded once by the planner); given as a subquery joined to the
         # series it was looked up again for every value, ten times the cost of nextval.
