@@ -88,7 +88,7 @@ from optimizer.fastpath import (
     budget_ahead_s,
 )
 from optimizer.network import compile_network
-from optimizer.profiles import charging_profile_id
+from optimizer.profiles import ocpp_forms
 from optimizer.scenario import parse_scenario
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,6 @@ RESTORES = Counter(
 
 RESTORE_LEAD_S = 120.0
 """The restore schedule is computed this long before the restore time [s] (or at once)."""
-FORMATS = ("ocpp16", "ocpp201", "ocpi")
 
 
 class DrError(Exception):
@@ -547,8 +546,9 @@ def published_ocpi_texts(db: Session, ids: list[str]) -> dict[str, str]:
             select(Profile.session_id, raw).where(Profile.session_id.in_(chunk))
             for chunk in _chunks(ids)
         ]
+    conn = db.connection()  # rows as tuples: the ORM's result machinery is not needed
     for q in queries:
-        for sid, ocpi in db.execute(q):
+        for sid, ocpi in conn.execute(q):
             if wanted is None or sid in wanted:
                 out[sid] = ocpi if isinstance(ocpi, str) else dumps(ocpi)
     return out
@@ -606,57 +606,16 @@ def shape_forms(
 ) -> dict[str, dict[str, Any]]:
     """The OCPP 1.6, OCPP 2.0.1 and OCPI profiles of ``shape`` for one session (they replace
     the published one: same id, ``TxProfile``, stack level 0)."""
-    stamp = _stamp(shape.start)
-    pid = charging_profile_id(session_id)
-    ocpp_periods = [
-        {"startPeriod": s, "limit": lim, "numberPhases": n_phases} for s, lim in shape.periods
-    ]
+    ocpi = {
+        "start_date_time": _stamp(shape.start),
+        "duration": shape.duration_s,
+        "charging_rate_unit": "A",
+        "min_charging_rate": shape.min_rate,
+        "charging_profile_period": [{"start_period": s, "limit": lim} for s, lim in shape.periods],
+    }
     return {
-        "ocpp16": {
-            "connectorId": evse_id,
-            "csChargingProfiles": {
-                "chargingProfileId": pid,
-                "stackLevel": 0,
-                "chargingProfilePurpose": "TxProfile",
-                "chargingProfileKind": "Absolute",
-                "chargingSchedule": {
-                    "duration": shape.duration_s,
-                    "startSchedule": stamp,
-                    "chargingRateUnit": "A",
-                    "chargingSchedulePeriod": ocpp_periods,
-                    "minChargingRate": shape.min_rate,
-                },
-            },
-        },
-        "ocpp201": {
-            "evseId": evse_id,
-            "chargingProfile": {
-                "id": pid,
-                "stackLevel": 0,
-                "chargingProfilePurpose": "TxProfile",
-                "chargingProfileKind": "Absolute",
-                "chargingSchedule": [
-                    {
-                        "id": pid,
-                        "startSchedule": stamp,
-                        "duration": shape.duration_s,
-                        "chargingRateUnit": "A",
-                        "chargingSchedulePeriod": ocpp_periods,
-                        "minChargingRate": shape.min_rate,
-                    }
-                ],
-                "transactionId": session_id,
-            },
-        },
-        "ocpi": {
-            "start_date_time": stamp,
-            "duration": shape.duration_s,
-            "charging_rate_unit": "A",
-            "min_charging_rate": shape.min_rate,
-            "charging_profile_period": [
-                {"start_period": s, "limit": lim} for s, lim in shape.periods
-            ],
-        },
+        **ocpp_forms(ocpi, session_id=session_id, evse_id=evse_id, n_phases=n_phases),
+        "ocpi": ocpi,
     }
 
 
@@ -681,7 +640,8 @@ def curtailment_forms(
 
 @dataclass
 class RenderedShape:
-    """One curtailment shape rendered once for every session that has it."""
+    """One curtailment shape rendered once for every session that has it (the stored texts:
+    the OCPP forms are derived from the OCPI one when read)."""
 
     shape: CurtailmentShape
     changed: bool
@@ -689,19 +649,6 @@ class RenderedShape:
     planned_kwh: float | None
     ocpi_text: str
     limits_a_text: str
-    ocpp16_head: str
-    ocpp16_tail: str
-    ocpp201_head: str
-    ocpp201_tail: str
-
-    def ocpp16(self, evse_id: int, pid: int) -> str:
-        return f'{{"connectorId":{evse_id},{self.ocpp16_head}{pid}{self.ocpp16_tail}'
-
-    def ocpp201(self, evse_id: int, pid: int, session_id_json: str) -> str:
-        return (
-            f'{{"evseId":{evse_id},"chargingProfile":{{"id":{pid},{self.ocpp201_head}'
-            f'{{"id":{pid},{self.ocpp201_tail}"transactionId":{session_id_json}}}}}'
-        )
 
 
 def render_shape(
@@ -711,19 +658,15 @@ def render_shape(
     settings: Settings,
     parsed: tuple[list[tuple[float, float]], float] | None = None,
 ) -> RenderedShape:
-    """JSON text of the forms of ``shape`` with holes for the session's ids (filled by
-    :meth:`RenderedShape.ocpp16` / :meth:`RenderedShape.ocpp201`; the result is the same JSON
-    as :func:`shape_forms`, key order included). Written out by hand: for a fleet where every
-    session has its own shape this runs once per session."""
+    """JSON text of the OCPI form of ``shape`` and of its step limits (the same JSON as
+    :func:`shape_forms` and :func:`api.publish.step_limits_a`, key order included), with what
+    the activation needs to know of it: the reference for one session of
+    :func:`api.dr_batch.render_batch`."""
     stamp = _stamp(shape.start)
-    d = shape.duration_s
     rate = dumps(shape.min_rate)
-    ocpp_periods = dumps(
-        [{"startPeriod": s, "limit": lim, "numberPhases": n_phases} for s, lim in shape.periods]
-    )
     ocpi_periods = dumps([{"start_period": s, "limit": lim} for s, lim in shape.periods])
     ocpi_text = (
-        f'{{"start_date_time":"{stamp}","duration":{d},"charging_rate_unit":"A",'
+        f'{{"start_date_time":"{stamp}","duration":{shape.duration_s},"charging_rate_unit":"A",'
         f'"min_charging_rate":{rate},"charging_profile_period":{ocpi_periods}}}'
     )
     return RenderedShape(
@@ -732,21 +675,6 @@ def render_shape(
         planned_kwh=planned_kwh(previous, shape.start, n_phases, settings.voltage_v, parsed),
         ocpi_text=ocpi_text,
         limits_a_text=dumps(_step_limits(shape, settings.step_s)),
-        ocpp16_head='"csChargingProfiles":{"chargingProfileId":',
-        ocpp16_tail=(
-            ',"stackLevel":0,"chargingProfilePurpose":"TxProfile",'
-            f'"chargingProfileKind":"Absolute","chargingSchedule":{{"duration":{d},'
-            f'"startSchedule":"{stamp}","chargingRateUnit":"A",'
-            f'"chargingSchedulePeriod":{ocpp_periods},"minChargingRate":{rate}}}}}}}'
-        ),
-        ocpp201_head=(
-            '"stackLevel":0,"chargingProfilePurpose":"TxProfile",'
-            '"chargingProfileKind":"Absolute","chargingSchedule":['
-        ),
-        ocpp201_tail=(
-            f'"startSchedule":"{stamp}","duration":{d},"chargingRateUnit":"A",'
-            f'"chargingSchedulePeriod":{ocpp_periods},"minChargingRate":{rate}}}],'
-        ),
     )
 
 
@@ -810,13 +738,16 @@ def publish_curtailments(
     db: Session,
     run_id: int,
     session_ids: Sequence[str],
+    evse_id: Sequence[int],
+    n_phases: Sequence[int],
     batch: Batch,
     settings: Settings,
     now: datetime,
 ) -> list[str]:
     """Publish curtailment profiles into the scheduler's tables, in bulk.
 
-    ``batch`` holds the profiles of ``session_ids`` (:func:`api.dr_batch.render_batch`). The
+    ``batch`` holds the profiles of ``session_ids`` (:func:`api.dr_batch.render_batch`), whose
+    connectors and phases are ``evse_id`` and ``n_phases`` (the OCPP forms follow from them). The
     same rows as :func:`api.publish.publish_profiles` writes (a ``profile_changes`` cursor per
     changed session, the replaced ``profiles`` row, and with ``cpo_url`` an ``outbox`` item
     naming the profile by its cursor), written through :mod:`api.bulk` (encoded once, handed to
@@ -851,11 +782,11 @@ def publish_curtailments(
             "run_id": [run_id] * len(rows),
             "limits_a": [batch.limits_a[k] for k in rows],
             "ocpi": [batch.ocpi[k] for k in rows],
-            "ocpp16": [batch.ocpp16[k] for k in rows],
-            "ocpp201": [batch.ocpp201[k] for k in rows],
+            "evse_id": [int(evse_id[k]) for k in rows],
+            "n_phases": [int(n_phases[k]) for k in rows],
             "updated_at": [now] * len(rows),
         },
-        json_text=("limits_a", "ocpi", "ocpp16", "ocpp201"),
+        json_text=("limits_a", "ocpi"),
         replace_on="session_id",
     )
     if settings.cpo_url:
@@ -1000,9 +931,9 @@ def _write_profiles(
     until = [untils.get(d) or untils.setdefault(d, now + timedelta(seconds=d)) for d in duration_s]
     until_s = np.array([u.timestamp() for u in until], dtype=np.float64)
     n_phases = fleet.n_phases[chosen].astype(np.int64)
+    phases = n_phases.tolist()
     evse = fleet.evse[chosen].tolist()
     min_a = fleet.min_a[chosen]
-    profile_ids = [charging_profile_id(sid) for sid in ids]
     regions = [fleet.region[k] for k in chosen.tolist()]
     i_now = fleet.i_now_a[chosen].tolist()
     release = act.release_kw[chosen].tolist()
@@ -1015,9 +946,6 @@ def _write_profiles(
             until_s=until_s[a:b],
             limit_a=min_a[a:b],
             n_phases=n_phases[a:b],
-            evse_id=evse[a:b],
-            profile_id=profile_ids[a:b],
-            session_ids=ids[a:b],
             previous=decode_profiles([texts.get(sid) for sid in ids[a:b]]),
             voltage_v=settings.voltage_v,
             step_s=settings.step_s,
@@ -1047,7 +975,9 @@ def _write_profiles(
             columns = dict(zip(CURTAILMENT_COLUMNS, values, strict=True))
             insert_columns(db.connection(), cast(Table, DrCurtailment.__table__), columns)
             spans.mark("write_curtailments")
-            publish_curtailments(db, -activation_id, ids[a:b], batch, settings, now)
+            publish_curtailments(
+                db, -activation_id, ids[a:b], evse[a:b], phases[a:b], batch, settings, now
+            )
             spans.mark("write_profiles_outbox")
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

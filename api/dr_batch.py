@@ -8,13 +8,13 @@ profile of its own (the optimiser's plan usually gives each session its own), ru
 per session costs tens of microseconds of Python per session. :func:`render_batch` computes the
 same periods, durations, step limits, planned energy and "does it change anything" flags for all
 sessions with numpy over the flattened periods of the published profiles, and builds the JSON
-texts by joining per-period fragments encoded once per distinct value. The texts are equal to the
-reference forms, key order included (tested on random profiles).
+texts that are stored (the OCPI form and the step limits; the OCPP forms are derived from the
+OCPI one when read) by joining per-period fragments encoded once per distinct value. The texts
+are equal to the reference forms, key order included (tested on random profiles).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,16 +47,14 @@ class Batch:
         Energy the published profile allowed from the signal to its end [kWh] (None without one).
     duration_s : array of int
         Duration of each curtailment profile [s].
-    ocpi, ocpp16, ocpp201, limits_a : list of str
-        JSON texts of the forms (the ``profiles`` columns).
+    ocpi, limits_a : list of str
+        JSON texts of the OCPI form and of the step limits (the ``profiles`` columns).
     """
 
     changed: NDArray[np.bool_]
     planned_kwh: list[float | None]
     duration_s: IntArray
     ocpi: list[str]
-    ocpp16: list[str]
-    ocpp201: list[str]
     limits_a: list[str]
 
 
@@ -92,17 +90,6 @@ def _formatted(columns: tuple[NDArray[Any], ...], fmt: Callable[..., str]) -> li
     parts.reverse()
     texts = np.array([fmt(*row) for row in zip(*parts, strict=True)], dtype=object)
     return cast(list[str], texts[inv].tolist())
-
-
-_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f\ud800-\udfff]')
-
-
-def _json_strings(values: Sequence[str]) -> list[str]:
-    """JSON text of every string (as :func:`api.bulk.dumps` writes it); strings without a
-    quote, backslash or control character, all of them in practice, are only quoted."""
-    if _NEEDS_ESCAPE.search("".join(values)) is None:
-        return [f'"{v}"' for v in values]
-    return [dumps(v) for v in values]
 
 
 def _join_groups(fragments: list[str], counts: IntArray) -> list[str]:
@@ -203,9 +190,6 @@ def render_batch(
     until_s: FloatArray,
     limit_a: FloatArray,
     n_phases: IntArray,
-    evse_id: Sequence[int],
-    profile_id: Sequence[int],
-    session_ids: Sequence[str],
     previous: Sequence[Mapping[str, Any] | None] | Published,
     voltage_v: float,
     step_s: int,
@@ -222,9 +206,7 @@ def render_batch(
     limit_a : array
         Curtailment limit (the station minimum) [A]; rounded to 0.1 A as in the reference.
     n_phases : array of int
-        Phases of every session.
-    evse_id, profile_id, session_ids : sequence
-        Connector/EVSE id, charging-profile id and session id of every session.
+        Phases of every session (planned energy).
     previous : sequence of dict or None, or Published
         The published OCPI profile of every session (None: none published), or all of them
         flattened (:func:`published_from_dicts`).
@@ -233,7 +215,7 @@ def render_batch(
     step_s : int
         Scheduling step [s] (``limits_a``).
     """
-    m = len(session_ids)
+    m = len(n_phases)
     t0 = start.timestamp()
     # rounded as Python rounds (correctly, in decimal), each distinct limit once
     inv, distinct = _factorize(np.asarray(limit_a, dtype=np.float64))
@@ -317,13 +299,6 @@ def render_batch(
         _formatted((per_off, per_lim), lambda o, x: f'{{"start_period":{o},"limit":{dumps(x)}}}'),
         n_per,
     )
-    ocpp_periods = _join_groups(
-        _formatted(
-            (per_off, per_lim, phases[per_of]),
-            lambda o, x, p: f'{{"startPeriod":{o},"limit":{dumps(x)},"numberPhases":{p}}}',
-        ),
-        n_per,
-    )
     limits_a = _join_groups(_texts(step_lim), n_steps)
     rates = _texts(min_rate)
     durations = duration.tolist()
@@ -332,35 +307,10 @@ def render_batch(
         f'"min_charging_rate":{r},"charging_profile_period":{p}}}'
         for d, r, p in zip(durations, rates, ocpi_periods, strict=True)
     ]
-    ocpp16 = [
-        f'{{"connectorId":{e},"csChargingProfiles":{{"chargingProfileId":{pid},'
-        '"stackLevel":0,"chargingProfilePurpose":"TxProfile","chargingProfileKind":"Absolute",'
-        f'"chargingSchedule":{{"duration":{d},"startSchedule":"{stamp}","chargingRateUnit":"A",'
-        f'"chargingSchedulePeriod":{p},"minChargingRate":{r}}}}}}}'
-        for e, pid, d, r, p in zip(evse_id, profile_id, durations, rates, ocpp_periods, strict=True)
-    ]
-    ocpp201 = [
-        f'{{"evseId":{e},"chargingProfile":{{"id":{pid},"stackLevel":0,'
-        '"chargingProfilePurpose":"TxProfile","chargingProfileKind":"Absolute",'
-        f'"chargingSchedule":[{{"id":{pid},"startSchedule":"{stamp}","duration":{d},'
-        f'"chargingRateUnit":"A","chargingSchedulePeriod":{p},"minChargingRate":{r}}}],'
-        f'"transactionId":{sid}}}}}'
-        for e, pid, d, r, p, sid in zip(
-            evse_id,
-            profile_id,
-            durations,
-            rates,
-            ocpp_periods,
-            _json_strings(session_ids),
-            strict=True,
-        )
-    ]
     return Batch(
         changed=changed,
         planned_kwh=planned,
         duration_s=duration,
         ocpi=ocpi,
-        ocpp16=ocpp16,
-        ocpp201=ocpp201,
         limits_a=limits_a,
     )

@@ -13,6 +13,7 @@ from sqlalchemy import JSON, Boolean, Float, Index, Integer, String, Text, Uniqu
 from sqlalchemy.orm import Mapped, mapped_column
 
 from api.db import Base, JSONText, UTCDateTime, utcnow
+from optimizer.profiles import ocpp_forms
 
 
 class ApiKey(Base):
@@ -136,18 +137,23 @@ class ScheduleRun(Base):
 
 
 class ProfileChange(Base):
-    """The cursor sequence of published profiles: one row per (re)published session profile."""
+    """The cursor sequence of published profiles: one row per (re)published session profile
+    (a log, read by cursor; no index on the session: migration 0008)."""
 
     __tablename__ = "profile_changes"
     cursor: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    session_id: Mapped[str] = mapped_column(String(36), index=True)
+    session_id: Mapped[str] = mapped_column(String(36))
     run_id: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Profile(Base):
-    """The charging profile currently published for a session, in all three forms; a cleared
-    one (``cleared_at`` set: the session ended) keeps its last forms but is no longer in force."""
+    """The charging profile currently published for a session; a cleared one (``cleared_at``
+    set: the session ended) keeps its last forms but is no longer in force.
+
+    Stored: the OCPI form, the limit of every step, and the session's connector and phases.
+    The OCPP 1.6 and 2.0.1 forms follow from those (:func:`optimizer.profiles.ocpp_forms`) and
+    are derived when read (migration 0008): a third of the text to write per profile."""
 
     __tablename__ = "profiles"
     session_id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -156,11 +162,27 @@ class Profile(Base):
     # JSON as text on PostgreSQL (api.db.JSONText; migration 0007)
     limits_a: Mapped[list[float]] = mapped_column(JSONText)
     ocpi: Mapped[dict[str, Any]] = mapped_column(JSONText)
-    ocpp16: Mapped[dict[str, Any]] = mapped_column(JSONText)
-    ocpp201: Mapped[dict[str, Any]] = mapped_column(JSONText)
+    evse_id: Mapped[int] = mapped_column(Integer)  # OCPP connectorId / evseId (1-based)
+    n_phases: Mapped[int] = mapped_column(Integer)  # numberPhases of every OCPP period
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # set when the session ended: the profile left the feed (api/clearing.py, migration 0004)
     cleared_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    def ocpp_forms(self) -> dict[str, dict[str, Any]]:
+        """``{"ocpp16": ..., "ocpp201": ...}`` of this profile."""
+        return ocpp_forms(
+            self.ocpi, session_id=self.session_id, evse_id=self.evse_id, n_phases=self.n_phases
+        )
+
+    @property
+    def ocpp16(self) -> dict[str, Any]:
+        """The OCPP 1.6 ``SetChargingProfile.req`` payload."""
+        return self.ocpp_forms()["ocpp16"]
+
+    @property
+    def ocpp201(self) -> dict[str, Any]:
+        """The OCPP 2.0.1 ``SetChargingProfileRequest`` payload."""
+        return self.ocpp_forms()["ocpp201"]
 
 
 class OutboxItem(Base):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Float, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from api.db import Base, UTCDateTime, utcnow
@@ -59,16 +59,17 @@ class DrActivation(Base):
 
 
 class DrCurtailment(Base):
-    """One session held at its minimum by one activation, ``[start, until)``."""
+    """One session held at its minimum by one activation, ``[start, until)``. Read by time
+    (budgets: ``until`` after the window's start; KPIs: ``start`` in a day) and by activation,
+    never by session alone: no index on the session (migration 0008)."""
 
     __tablename__ = "dr_curtailments"
-    __table_args__ = (Index("ix_dr_curtailments_session_until", "session_id", "until"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     activation_id: Mapped[int] = mapped_column(Integer, index=True)
     session_id: Mapped[str] = mapped_column(String(36))
     region: Mapped[str | None] = mapped_column(String(200), nullable=True)
     start: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-    until: Mapped[datetime] = mapped_column(UTCDateTime)
+    until: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     limit_a: Mapped[float] = mapped_column(Float)
     current_before_a: Mapped[float] = mapped_column(Float)
     released_kw: Mapped[float] = mapped_column(Float)

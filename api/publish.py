@@ -57,7 +57,7 @@ from optimizer.checker import check_schedule, explained
 from optimizer.emit import attach_profiles
 from optimizer.engine import LiveEngine
 from optimizer.network import Network, compile_network
-from optimizer.profiles import ProfileError
+from optimizer.profiles import ProfileError, ocpp_ids
 from optimizer.scenario import parse_scenario
 from optimizer.solve import solve_network
 
@@ -278,13 +278,14 @@ def _write_profiles(
     for change in changes:
         sid = change.session_id
         form = forms[sid]
+        evse_id, n_phases = ocpp_ids(form)
         values = {
             "cursor": change.cursor,
             "run_id": run_id,
             "limits_a": step_limits_a(form["ocpi"], step_s),
             "ocpi": form["ocpi"],
-            "ocpp16": form["ocpp16"],
-            "ocpp201": form["ocpp201"],
+            "evse_id": evse_id,
+            "n_phases": n_phases,
             "updated_at": now,
             "cleared_at": None,
         }

@@ -3,7 +3,8 @@
 A schedule plans the *average* current per phase of a session in every grid step
 (``current_a``, see ``docs/formats.md``). A charger needs a *limit* instead. This module turns
 the plan into a limit per step (:func:`profile_limits_a`) and the limits into the three wire
-forms (:func:`session_profiles`). The rules, with examples, are in ``docs/profiles.md``:
+forms (:func:`session_profiles`; the OCPP forms follow from the OCPI one, :func:`ocpp_forms`).
+The rules, with examples, are in ``docs/profiles.md``:
 
 - while the car is plugged in the limit is never below the station minimum, except that a
   session with ``pause_consent`` planned at 0 A gets 0 A;
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -244,58 +245,114 @@ def session_profiles(
     start_schedule = _iso_utc(start_utc + timedelta(seconds=first * step))
     duration_s = int(idx.size) * step
     min_rate_a = _tenths_to_float(_min_tenths(min_current_a, session_id))
-    profile_id = charging_profile_id(session_id)
 
-    out: dict[str, dict[str, Any]] = {}
-    if "ocpp16" in wanted:
-        out["ocpp16"] = {
-            "connectorId": evse,
+    ocpi = {
+        "start_date_time": start_schedule,
+        "duration": duration_s,
+        "charging_rate_unit": "A",
+        "min_charging_rate": min_rate_a,
+        "charging_profile_period": [
+            {"start_period": s, "limit": _tenths_to_float(t)} for s, t in periods
+        ],
+    }
+    ocpp = ocpp_forms(
+        ocpi, session_id=session_id, evse_id=evse, n_phases=phases, transaction_id=tx_id
+    )
+    out: dict[str, dict[str, Any]] = {f: ocpp[f] for f in ("ocpp16", "ocpp201") if f in wanted}
+    if "ocpi" in wanted:
+        out["ocpi"] = ocpi
+    return out
+
+
+def ocpp_forms(
+    ocpi: Mapping[str, Any],
+    *,
+    session_id: str,
+    evse_id: int,
+    n_phases: int,
+    transaction_id: str | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The OCPP 1.6 and OCPP 2.0.1 forms of an OCPI ChargingProfile.
+
+    The three forms carry the same schedule: an absolute ``TxProfile`` at stack level 0 with
+    the profile id :func:`charging_profile_id` of ``session_id``, the OCPI start, duration,
+    unit, minimum rate and periods, and ``numberPhases`` = ``n_phases`` in every period. Only
+    the OCPI form and the two ids are stored; the OCPP forms are derived from them when they are
+    read (:class:`api.models.Profile`).
+
+    Parameters
+    ----------
+    ocpi : mapping
+        OCPI 2.2.1 ChargingProfile (``start_date_time``, ``duration``, ``charging_rate_unit``,
+        optional ``min_charging_rate``, ``charging_profile_period``).
+    session_id : str
+        Session id (the profile id, and the OCPP 2.0.1 ``transactionId`` by default).
+    evse_id : int
+        1-based connector index within its station (OCPP ``connectorId`` / ``evseId``) [-].
+    n_phases : int
+        Phases the session draws on (1 or 3) [-].
+    transaction_id : str or None
+        OCPP 2.0.1 ``transactionId``; defaults to ``session_id``.
+
+    Returns
+    -------
+    dict
+        ``{"ocpp16": SetChargingProfile.req payload, "ocpp201": SetChargingProfileRequest
+        payload}``; the same JSON, key order included, as :func:`session_profiles` emits.
+    """
+    pid = charging_profile_id(session_id)
+    periods = [
+        {"startPeriod": p["start_period"], "limit": p["limit"], "numberPhases": n_phases}
+        for p in ocpi["charging_profile_period"]
+    ]
+    start, duration, unit = ocpi["start_date_time"], ocpi["duration"], ocpi["charging_rate_unit"]
+    rate = {"minChargingRate": ocpi["min_charging_rate"]} if "min_charging_rate" in ocpi else {}
+    return {
+        "ocpp16": {
+            "connectorId": evse_id,
             "csChargingProfiles": {
-                "chargingProfileId": profile_id,
+                "chargingProfileId": pid,
                 "stackLevel": 0,
                 "chargingProfilePurpose": "TxProfile",
                 "chargingProfileKind": "Absolute",
                 "chargingSchedule": {
-                    "duration": duration_s,
-                    "startSchedule": start_schedule,
-                    "chargingRateUnit": "A",
-                    "chargingSchedulePeriod": _ocpp_periods(periods, phases),
-                    "minChargingRate": min_rate_a,
+                    "duration": duration,
+                    "startSchedule": start,
+                    "chargingRateUnit": unit,
+                    "chargingSchedulePeriod": periods,
+                    **rate,
                 },
             },
-        }
-    if "ocpp201" in wanted:
-        out["ocpp201"] = {
-            "evseId": evse,
+        },
+        "ocpp201": {
+            "evseId": evse_id,
             "chargingProfile": {
-                "id": profile_id,
+                "id": pid,
                 "stackLevel": 0,
                 "chargingProfilePurpose": "TxProfile",
                 "chargingProfileKind": "Absolute",
                 "chargingSchedule": [
                     {
-                        "id": profile_id,
-                        "startSchedule": start_schedule,
-                        "duration": duration_s,
-                        "chargingRateUnit": "A",
-                        "chargingSchedulePeriod": _ocpp_periods(periods, phases),
-                        "minChargingRate": min_rate_a,
+                        "id": pid,
+                        "startSchedule": start,
+                        "duration": duration,
+                        "chargingRateUnit": unit,
+                        "chargingSchedulePeriod": [dict(p) for p in periods],
+                        **rate,
                     }
                 ],
-                "transactionId": tx_id,
+                "transactionId": session_id if transaction_id is None else transaction_id,
             },
-        }
-    if "ocpi" in wanted:
-        out["ocpi"] = {
-            "start_date_time": start_schedule,
-            "duration": duration_s,
-            "charging_rate_unit": "A",
-            "min_charging_rate": min_rate_a,
-            "charging_profile_period": [
-                {"start_period": s, "limit": _tenths_to_float(t)} for s, t in periods
-            ],
-        }
-    return out
+        },
+    }
+
+
+def ocpp_ids(forms: Mapping[str, Any]) -> tuple[int, int]:
+    """``(evse_id, n_phases)`` of a session's profile forms (:func:`session_profiles` with
+    ``"ocpp16"``): with the OCPI form they are all :func:`ocpp_forms` needs."""
+    p16 = forms["ocpp16"]
+    periods = p16["csChargingProfiles"]["chargingSchedule"]["chargingSchedulePeriod"]
+    return int(p16["connectorId"]), int(periods[0]["numberPhases"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,13 +505,6 @@ def _merge_periods(tenths: IntArray, step_s: int) -> list[tuple[int, int]]:
     change = np.flatnonzero(np.diff(tenths)) + 1
     starts = np.concatenate(([0], change))
     return [(int(k) * step_s, int(tenths[k])) for k in starts]
-
-
-def _ocpp_periods(periods: list[tuple[int, int]], n_phases: int) -> list[dict[str, Any]]:
-    return [
-        {"startPeriod": s, "limit": _tenths_to_float(t), "numberPhases": n_phases}
-        for s, t in periods
-    ]
 
 
 def _tenths_to_float(tenths: int) -> float:

@@ -66,15 +66,16 @@ def _entry(p: Profile) -> dict[str, Any]:
         "updated_at": p.updated_at.isoformat() if p.updated_at else None,
         "cleared": p.cleared_at is not None,
     }
+    forms = p.ocpp_forms()  # derived from the stored OCPI form and the session's ids
     if p.cleared_at is None:
-        entry.update(ocpi=p.ocpi, ocpp16=p.ocpp16, ocpp201=p.ocpp201)
+        entry.update(ocpi=p.ocpi, **forms)
     else:
         entry.update(
             ocpi=None,
             ocpp16=None,
             ocpp201=None,
             cleared_at=p.cleared_at.isoformat(),
-            clear=clear_forms(p.ocpp16, p.ocpp201),
+            clear=clear_forms(forms["ocpp16"], forms["ocpp201"]),
         )
     return entry
 

@@ -1,6 +1,7 @@
 """The vectorised curtailment profiles of a whole activation (api.dr_batch) equal the reference
 per-session shapes (api.dr.curtailment_shape / render_shape / curtailment_forms), text for
-text, on hand-picked and random published profiles."""
+text, on hand-picked and random published profiles; the OCPP forms derived from the stored
+OCPI text equal the reference OCPP forms."""
 
 from __future__ import annotations
 
@@ -14,12 +15,9 @@ import orjson
 
 from api import dr
 from api.bulk import dumps
-from api.dr_batch import (
-    _json_strings,
-    render_batch,
-)
+from api.dr_batch import render_batch
 from api.settings import Settings
-from optimizer.profiles import charging_profile_id
+from optimizer.profiles import ocpp_forms
 from tests.api.test_dr_bulk import PREVIOUS
 
 START = datetime(2026, 1, 15, 9, 7, tzinfo=UTC)
@@ -51,9 +49,6 @@ def check_batch(cases: list[tuple[dict[str, Any] | None, datetime, float, int, s
         until_s=np.array([u.timestamp() for _, u, _, _, _ in cases]),
         limit_a=np.array([lim for _, _, lim, _, _ in cases]),
         n_phases=np.array([ph for _, _, _, ph, _ in cases], dtype=np.int64),
-        evse_id=[1 + k % 2 for k in range(len(cases))],
-        profile_id=[charging_profile_id(sid) for *_, sid in cases],
-        session_ids=[sid for *_, sid in cases],
         previous=[prev for prev, *_ in cases],
         voltage_v=settings.voltage_v,
         step_s=settings.step_s,
@@ -70,14 +65,14 @@ def check_batch(cases: list[tuple[dict[str, Any] | None, datetime, float, int, s
             limit_a=lim,
             previous=prev,
         )
-        pid = charging_profile_id(sid)
         assert batch.ocpi[k] == ref.ocpi_text, (prev, until)
-        assert batch.ocpp16[k] == ref.ocpp16(1 + k % 2, pid)
-        assert batch.ocpp201[k] == ref.ocpp201(1 + k % 2, pid, dumps(sid))
         assert batch.limits_a[k] == ref.limits_a_text
-        for form, text in (("ocpi", batch.ocpi[k]), ("ocpp16", batch.ocpp16[k])):
-            assert json.dumps(orjson.loads(text)) == json.dumps(forms[form])  # key order too
-        assert json.dumps(orjson.loads(batch.ocpp201[k])) == json.dumps(forms["ocpp201"])
+        stored = orjson.loads(batch.ocpi[k])
+        assert json.dumps(stored) == json.dumps(forms["ocpi"])  # key order too
+        assert dumps(forms["ocpi"]) == batch.ocpi[k]
+        derived = ocpp_forms(stored, session_id=sid, evse_id=1 + k % 2, n_phases=ph)
+        for form in ("ocpp16", "ocpp201"):
+            assert json.dumps(derived[form]) == json.dumps(forms[form])
         assert batch.planned_kwh[k] == ref.planned_kwh
         assert bool(batch.changed[k]) == ref.changed, (prev, until)
         assert int(batch.duration_s[k]) == shape.duration_s
@@ -109,14 +104,11 @@ def test_empty_batch() -> None:
     check_batch([])
 
 
-def test_session_ids_are_json_text_as_the_encoder_writes_them() -> None:
-    """The quoted fast path (no quote, backslash or control character in any id) and the
-    encoder give the same text; ids that need escapes go through the encoder."""
-    plain = ["s-1", "NL*GCP*S0001", "é-ü-☃", "a b", "x/y"]
-    assert _json_strings(plain) == [dumps(v) for v in plain]
-    for odd in ('a"b', "a\\b", "tab\there", "nl\n", "\x01"):
-        assert _json_strings([*plain, odd]) == [dumps(v) for v in [*plain, odd]]
+def test_odd_session_ids_derive_the_same_ocpp_forms() -> None:
+    """Ids with quotes, backslashes, control and non-ASCII characters: the OCPP forms derived
+    from the stored OCPI text carry them as the reference forms do."""
+    ids = ["s-1", "NL*GCP*S0001", "é-ü-☃", 'a"b', "a\\b", "tab\there", "nl\n", "\x01"]
     cases: list[tuple[dict[str, Any] | None, datetime, float, int, str]] = [
-        (None, START + timedelta(seconds=600), 8.0, 3, sid) for sid in plain
+        (None, START + timedelta(seconds=600), 8.0, 3, sid) for sid in ids
     ]
     check_batch(cases)

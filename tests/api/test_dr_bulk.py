@@ -24,7 +24,7 @@ from api.models_dr import DrCurtailment
 from api.outbox import claim_due
 from api.publish import reoptimise, same_from_start, step_limits_a
 from api.settings import Settings
-from optimizer.profiles import charging_profile_id
+from optimizer.profiles import charging_profile_id, ocpp_forms
 from tests.api.conftest import auth, make_key
 from tests.api.test_demand_response import RELEASE_KW, seed, set_policy, settings_for
 
@@ -210,7 +210,7 @@ def test_replace_on_replaces_rows_and_inserts_new_ones(
     bulk_factory: sessionmaker[Session],
 ) -> None:
     profiles = cast(Table, Profile.__table__)
-    cols = ("session_id", "cursor", "run_id", "limits_a", "ocpi", "ocpp16", "ocpp201")
+    cols = ("session_id", "cursor", "run_id", "limits_a", "ocpi", "evse_id", "n_phases")
     cols += ("updated_at",)
     with transaction(bulk_factory) as db:
         insert_rows(
@@ -218,8 +218,8 @@ def test_replace_on_replaces_rows_and_inserts_new_ones(
             profiles,
             cols,
             [
-                ("p-1", 1, 1, [16.0], {"v": 1}, {}, {}, T0),
-                ("p-2", 2, 1, [16.0], {"v": 1}, {}, {}, T0),
+                ("p-1", 1, 1, [16.0], {"v": 1}, 1, 3, T0),
+                ("p-2", 2, 1, [16.0], {"v": 1}, 1, 3, T0),
             ],
         )
     with transaction(bulk_factory) as db:
@@ -228,8 +228,8 @@ def test_replace_on_replaces_rows_and_inserts_new_ones(
             profiles,
             cols,
             [
-                ("p-2", 3, -4, [8.0], {"v": 2}, {"x": 1}, {}, T0),
-                ("p-3", 4, -4, [8.0], {}, {}, {}, T0),
+                ("p-2", 3, -4, [8.0], {"v": 2}, 2, 1, T0),
+                ("p-3", 4, -4, [8.0], {}, 1, 3, T0),
             ],
             replace_on="session_id",
         )
@@ -237,7 +237,7 @@ def test_replace_on_replaces_rows_and_inserts_new_ones(
         rows = {p.session_id: p for p in db.scalars(select(Profile))}
     assert sorted(rows) == ["p-1", "p-2", "p-3"]
     assert (rows["p-2"].cursor, rows["p-2"].run_id, rows["p-2"].ocpi) == (3, -4, {"v": 2})
-    assert rows["p-2"].limits_a == [8.0] and rows["p-2"].ocpp16 == {"x": 1}
+    assert rows["p-2"].limits_a == [8.0] and (rows["p-2"].evse_id, rows["p-2"].n_phases) == (2, 1)
     assert rows["p-1"].ocpi == {"v": 1}
 
 
@@ -293,16 +293,15 @@ def test_rendered_shape_text_equals_the_reference_forms(
         limit_a=6.0,
         previous=previous,
     )
-    pid = charging_profile_id(session_id)
-    texts = {
-        "ocpp16": rendered.ocpp16(2, pid),
-        "ocpp201": rendered.ocpp201(2, pid, dumps(session_id)),
-        "ocpi": rendered.ocpi_text,
-    }
-    for form, text in texts.items():
-        decoded = orjson.loads(text)
-        assert decoded == forms[form]
-        assert json.dumps(decoded) == json.dumps(forms[form])  # key order too
+    decoded = orjson.loads(rendered.ocpi_text)
+    assert rendered.ocpi_text == dumps(forms["ocpi"])
+    assert json.dumps(decoded) == json.dumps(forms["ocpi"])  # key order too
+    derived = ocpp_forms(decoded, session_id=session_id, evse_id=2, n_phases=n_phases)
+    for form in ("ocpp16", "ocpp201"):
+        assert json.dumps(derived[form]) == json.dumps(forms[form])
+    p16 = forms["ocpp16"]["csChargingProfiles"]
+    assert p16["chargingProfileId"] == charging_profile_id(session_id)
+    assert forms["ocpp201"]["chargingProfile"]["transactionId"] == session_id
     assert rendered.planned_kwh == dr.planned_kwh(previous, start, n_phases, 230.0)
     assert orjson.loads(rendered.limits_a_text) == step_limits_a(forms["ocpi"], 900)
     assert rendered.changed is True
@@ -327,9 +326,11 @@ def test_activation_rows_equal_the_reference_forms_and_ids_do_not_collide(
     settings = settings_for(db_url)
     reoptimise(factory, settings, now)
     with factory() as db:
-        before = {p.session_id: p.ocpi for p in db.scalars(select(Profile))}
+        published = list(db.scalars(select(Profile)))
+        before = {p.session_id: p.ocpi for p in published}
+        # connector and phases as the scheduler published them (from the network)
+        ids = {p.session_id: (p.evse_id, p.n_phases) for p in published}
         cursor_before = db.scalar(select(func.max(Profile.cursor)))
-        evse = {sid: 1 + int(sid[-1]) % 2 for sid in before}  # overwritten below
     set_policy(app_client, keys["operator"], auto_relay=True)
     r = app_client.post("/v1/demand-response/signals", json={}, headers=auth(keys["brp"]))
     assert r.status_code == 201, r.text
@@ -339,16 +340,13 @@ def test_activation_rows_equal_the_reference_forms_and_ids_do_not_collide(
         curtailed = {c.session_id: c for c in db.scalars(select(DrCurtailment))}
         items = {i.session_id: i for i in db.scalars(select(OutboxItem))}
         changes = {c.cursor: c for c in db.scalars(select(ProfileChange))}
-        for sid in curtailed:
-            evse[sid] = after[sid].ocpp16["connectorId"]
     assert sorted(curtailed) == sorted(RELEASE_KW)
     for sid, c in curtailed.items():
+        assert (after[sid].evse_id, after[sid].n_phases) == ids[sid]
         forms = dr.curtailment_forms(
             session_id=sid,
-            evse_id=evse[sid],
-            n_phases=after[sid].ocpp16["csChargingProfiles"]["chargingSchedule"][
-                "chargingSchedulePeriod"
-            ][0]["numberPhases"],
+            evse_id=ids[sid][0],
+            n_phases=ids[sid][1],
             start=c.start,
             until=c.until,
             limit_a=c.limit_a,
@@ -365,9 +363,7 @@ def test_activation_rows_equal_the_reference_forms_and_ids_do_not_collide(
             dr.planned_kwh(
                 before[sid],
                 c.start,
-                forms["ocpp16"]["csChargingProfiles"]["chargingSchedule"]["chargingSchedulePeriod"][
-                    0
-                ]["numberPhases"],
+                ids[sid][1],
                 settings.voltage_v,
             )
         )

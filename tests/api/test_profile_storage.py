@@ -1,6 +1,7 @@
-"""Profile storage (migration 0007_profile_storage): profile texts as text on PostgreSQL, outbox
+"""Profile storage. Migration 0007_profile_storage: profile texts as text on PostgreSQL, outbox
 items that name their profile by cursor; the upgrade keeps every stored value, and so does the
-downgrade."""
+downgrade. Migration 0008_ocpp_on_read: the OCPP forms are derived from the OCPI form, the
+connector and the phases when read; the upgrade refuses rows where that would change them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+import pytest
 import sqlalchemy as sa
 from alembic import command
 from sqlalchemy import Table, select, text
@@ -18,6 +20,7 @@ from api.db import alembic_config, make_engine, make_sessionmaker, transaction
 from api.measure_dr import sent_profiles
 from api.models import ChargingSession, OutboxItem, Profile
 from api.publish import ocpi_segments, reoptimise
+from optimizer.profiles import ocpp_forms, session_profiles
 from tests.api.test_scheduler import NOW, live_settings, seed
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
@@ -44,15 +47,17 @@ def _column_types(url: str, table: str) -> dict[str, str]:
         engine.dispose()
 
 
-def _stored_texts(url: str) -> dict[str, Any]:
+def _stored_texts(url: str, session_id: str = "s-1") -> dict[str, Any]:
+    """The profile texts of a session as stored before migration 0008."""
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
             row = conn.execute(
                 text(
                     "SELECT CAST(limits_a AS TEXT), CAST(ocpi AS TEXT), CAST(ocpp16 AS TEXT), "
-                    "CAST(ocpp201 AS TEXT) FROM profiles WHERE session_id = 's-1'"
-                )
+                    "CAST(ocpp201 AS TEXT) FROM profiles WHERE session_id = :sid"
+                ),
+                {"sid": session_id},
             ).one()
             return dict(zip(("limits_a", "ocpi", "ocpp16", "ocpp201"), row, strict=True))
     finally:
@@ -90,7 +95,7 @@ def test_the_upgrade_and_the_downgrade_keep_profiles_and_outbox_items(db_url: st
     engine.dispose()
     before = _stored_texts(db_url)
 
-    command.upgrade(cfg, "head")
+    command.upgrade(cfg, "0007_profile_storage")
     assert _stored_texts(db_url) == before  # every text kept as it was, byte for byte
     if db_url.startswith("postgresql"):
         types = _column_types(db_url, "profiles")
@@ -98,10 +103,6 @@ def test_the_upgrade_and_the_downgrade_keep_profiles_and_outbox_items(db_url: st
     engine = make_engine(db_url)
     factory = make_sessionmaker(engine)
     with transaction(factory) as db:
-        p = db.get(Profile, "s-1")
-        assert p is not None
-        assert (p.limits_a, p.ocpi, p.ocpp16, p.ocpp201) == (LIMITS, OCPI, OCPP16, OCPP201)
-        assert list(p.ocpi) == list(OCPI)  # key order kept
         item = db.scalars(select(OutboxItem)).one()
         assert item.payload == payload
         # a new item names its profile by cursor: no payload (SQL NULL, not JSON null)
@@ -129,7 +130,7 @@ def test_the_upgrade_and_the_downgrade_keep_profiles_and_outbox_items(db_url: st
     composed = json.loads(rows[1][1])
     assert composed["charging_profile"] == OCPI and rows[1][2] == "pending"
     assert composed["response_url"].endswith(f"/v1/profiles/results/{rows[1][0]}")
-    command.upgrade(cfg, "head")
+    command.upgrade(cfg, "0007_profile_storage")
     assert _stored_texts(db_url) == before
 
 
@@ -144,9 +145,9 @@ def test_profile_texts_round_trip_through_the_orm_and_the_bulk_writer(
                 cursor=1,
                 run_id=1,
                 limits_a=LIMITS,
-                ocpi=OCPI,
-                ocpp16=odd,
-                ocpp201=OCPP201,
+                ocpi=odd,
+                evse_id=2,
+                n_phases=1,
                 updated_at=T0,
             )
         )
@@ -154,23 +155,119 @@ def test_profile_texts_round_trip_through_the_orm_and_the_bulk_writer(
             db.connection(),
             cast(Table, Profile.__table__),
             {
-                "session_id": ["s-2"],
-                "cursor": [2],
-                "run_id": [1],
-                "limits_a": [dumps(LIMITS)],
-                "ocpi": [dumps(OCPI)],
-                "ocpp16": [dumps(odd)],
-                "ocpp201": [dumps(OCPP201)],
-                "updated_at": [T0],
+                "session_id": ["s-2", "s-3"],
+                "cursor": [2, 3],
+                "run_id": [1, 1],
+                "limits_a": [dumps(LIMITS), dumps(LIMITS)],
+                "ocpi": [dumps(odd), dumps(OCPI)],
+                "evse_id": [2, 1],
+                "n_phases": [1, 3],
+                "updated_at": [T0, T0],
             },
-            json_text=("limits_a", "ocpi", "ocpp16", "ocpp201"),
+            json_text=("limits_a", "ocpi"),
         )
     with factory() as db:
         got = {p.session_id: p for p in db.scalars(select(Profile))}
     for sid in ("s-1", "s-2"):
         p = got[sid]
-        assert (p.limits_a, p.ocpi, p.ocpp16, p.ocpp201) == (LIMITS, OCPI, odd, OCPP201)
-        assert json.dumps(p.ocpi) == json.dumps(OCPI)  # key order too
+        assert (p.limits_a, p.ocpi, p.evse_id, p.n_phases) == (LIMITS, odd, 2, 1)
+        assert json.dumps(p.ocpi) == json.dumps(odd)  # key order too
+    p = got["s-3"]
+    assert json.dumps(p.ocpi) == json.dumps(OCPI)
+    assert (p.ocpp16, p.ocpp201) == (
+        ocpp_forms(OCPI, session_id="s-3", evse_id=1, n_phases=3)["ocpp16"],
+        ocpp_forms(OCPI, session_id="s-3", evse_id=1, n_phases=3)["ocpp201"],
+    )
+    assert p.ocpp16["connectorId"] == 1 and p.ocpp201["chargingProfile"]["transactionId"] == "s-3"
+
+
+def _profile_0007(url: str, session_id: str, forms: dict[str, Any]) -> None:
+    """A ``profiles`` row as the service wrote it before migration 0008 (all three forms)."""
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO profiles (session_id, cursor, run_id, limits_a, ocpi, ocpp16, "
+                    "ocpp201, updated_at) VALUES (:sid, 1, 1, :limits_a, :ocpi, :ocpp16, "
+                    ":ocpp201, :t)"
+                ),
+                {
+                    "sid": session_id,
+                    "limits_a": json.dumps(LIMITS),
+                    **{f: json.dumps(forms[f]) for f in ("ocpi", "ocpp16", "ocpp201")},
+                    "t": T0,
+                },
+            )
+    finally:
+        engine.dispose()
+
+
+def _published_forms(session_id: str, evse_id: int, n_phases: int) -> dict[str, Any]:
+    return session_profiles(
+        session_id=session_id,
+        evse_id=evse_id,
+        start=T0,
+        step_s=900,
+        current_a=[16.0, 12.56, 3.0],
+        present=[True, True, True],
+        min_current_a=8.0,
+        n_phases=n_phases,
+        pause_consent=False,
+    )
+
+
+def test_ocpp_forms_on_read_upgrade_and_downgrade_keep_every_form(db_url: str) -> None:
+    cfg = alembic_config(db_url)
+    command.upgrade(cfg, "0007_profile_storage")
+    stored = {
+        "s-1": _published_forms("s-1", 2, 1),
+        'we"ird\\id-é': _published_forms('we"ird\\id-é', 1, 3),
+    }
+    for sid, forms in stored.items():
+        _profile_0007(db_url, sid, forms)
+
+    command.upgrade(cfg, "head")
+    assert "ocpp16" not in _column_types(db_url, "profiles")
+    engine = make_engine(db_url)
+    factory = make_sessionmaker(engine)
+    with factory() as db:
+        got = {p.session_id: p for p in db.scalars(select(Profile))}
+    engine.dispose()
+    assert (got["s-1"].evse_id, got["s-1"].n_phases) == (2, 1)
+    for sid, forms in stored.items():
+        p = got[sid]
+        for f in ("ocpi", "ocpp16", "ocpp201"):
+            assert json.dumps(getattr(p, f)) == json.dumps(forms[f])  # key order too
+
+    command.downgrade(cfg, "0007_profile_storage")
+    assert "evse_id" not in _column_types(db_url, "profiles")
+    for sid, forms in stored.items():
+        texts = _stored_texts(db_url, sid)
+        for f in ("ocpi", "ocpp16", "ocpp201"):
+            assert json.dumps(json.loads(texts[f])) == json.dumps(forms[f])
+
+
+def test_ocpp_forms_on_read_refuses_forms_it_could_not_give_back(db_url: str) -> None:
+    """A stored OCPP form that is not the form of its OCPI profile (here: another stack level)
+    stops the upgrade before anything changes; the error names the session."""
+    cfg = alembic_config(db_url)
+    command.upgrade(cfg, "0007_profile_storage")
+    forms = _published_forms("s-9", 1, 3)
+    forms["ocpp16"]["csChargingProfiles"]["stackLevel"] = 3
+    _profile_0007(db_url, "s-9", forms)
+    before = _stored_texts(db_url, "s-9")
+    with pytest.raises(RuntimeError, match="session 's-9'"):
+        command.upgrade(cfg, "head")
+    assert "ocpp16" in _column_types(db_url, "profiles")
+    assert _stored_texts(db_url, "s-9") == before
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    finally:
+        engine.dispose()
+    assert version == "0007_profile_storage"
 
 
 def test_measurement_reads_unsent_items_through_their_profile(

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from api.db import make_engine, make_sessionmaker, migrate, transaction
 from api.models import Profile, ProfileChange, ScheduleRun
 from api.publish import PUBLISHING, publish_in_chunks, raises_limit, reoptimise
+from optimizer.profiles import ocpp_forms
 from tests.api.test_scheduler import NOW, live_settings, seed
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
@@ -30,8 +31,11 @@ def ocpi(limits: list[float], start: str = "2026-11-25T08:00:00+00:00") -> dict[
     }
 
 
-def forms(limits: list[float], start: str = "2026-11-25T08:00:00+00:00") -> dict[str, Any]:
-    return {"ocpi": ocpi(limits, start), "ocpp16": {}, "ocpp201": {}}
+def forms(
+    limits: list[float], start: str = "2026-11-25T08:00:00+00:00", session_id: str = "s"
+) -> dict[str, Any]:
+    o = ocpi(limits, start)
+    return {**ocpp_forms(o, session_id=session_id, evse_id=1, n_phases=3), "ocpi": o}
 
 
 def test_raises_limit() -> None:

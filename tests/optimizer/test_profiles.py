@@ -37,6 +37,8 @@ from optimizer.profiles import (
     ZERO_TOL_A,
     ProfileError,
     charging_profile_id,
+    ocpp_forms,
+    ocpp_ids,
     profile_limits_a,
     session_profiles,
 )
@@ -260,6 +262,28 @@ def test_hand_computed_profile() -> None:
             {"start_period": 2700, "limit": 8.0},
         ],
     }
+
+
+def test_ocpp_forms_follow_from_the_ocpi_form_and_the_two_ids() -> None:
+    """What is stored (the OCPI form, connector and phases) gives back the OCPP forms exactly,
+    key order included; without ``min_charging_rate`` the OCPP forms have no minimum rate and
+    still pass the official schemas."""
+    for evse_id, n_phases in ((1, 3), (2, 1)):
+        out = make(
+            evse_id=evse_id,
+            n_phases=n_phases,
+            current_a=[0.0, 16.0, 16.0, 12.56, 3.0, 0.0],
+            present=[False, True, True, True, True, True],
+        )
+        assert ocpp_ids(out) == (evse_id, n_phases)
+        derived = ocpp_forms(out["ocpi"], session_id="s1", evse_id=evse_id, n_phases=n_phases)
+        assert json.dumps(derived) == json.dumps({f: out[f] for f in ("ocpp16", "ocpp201")})
+    bare = {k: v for k, v in out["ocpi"].items() if k != "min_charging_rate"}
+    derived = ocpp_forms(bare, session_id="s1", evse_id=2, n_phases=1, transaction_id="tx-9")
+    assert "minChargingRate" not in derived["ocpp16"]["csChargingProfiles"]["chargingSchedule"]
+    assert derived["ocpp201"]["chargingProfile"]["transactionId"] == "tx-9"
+    for fmt in ("ocpp16", "ocpp201"):
+        official_validator(fmt).validate(roundtrip(derived[fmt]))
 
 
 def test_equal_limits_are_merged() -> None:
