@@ -7,15 +7,18 @@
    decision written as a per-session Python loop, so the ratio is comparable across machines.
 2. **Through HTTP** (target ≤ 1 s): ``gridcharge serve`` (SQLite, and PostgreSQL with
    ``--pg-url``; background loops off) with a
-   16,000-connector topology, 16,000 active sessions and their published profiles; one
-   ``POST /v1/demand-response/signals`` with auto-relay on, timed at the client: it reads the
-   fleet, decides, and commits the activation, the curtailments, the profiles, the profile
-   changes and the outbox items in one transaction. The server's answer carries the time of
-   each step (``timings_ms``), recorded in the table.
+   16,000-connector topology, 16,000 active sessions and their published profiles (seeded
+   once); ``--http-repeat`` times (default 3), on a fresh copy of that database and a fresh
+   server each time, one ``POST /v1/demand-response/signals`` with auto-relay on, timed at the
+   client: it reads the fleet, decides, and commits the activation, the curtailments, the
+   profiles, the profile changes and the outbox items in one transaction. The table gives the
+   request of median time, the times of all of them, and the median one's server steps
+   (``timings_ms`` in the answer).
 
 Results are appended to ``docs/BENCHMARKS.md`` and ``docs/benchmarks.json``.
 
-Usage: ``python -m benchmarks.dr [--sessions 16000] [--repeat 20] [--pg-url URL] [--no-record]``
+Usage: ``python -m benchmarks.dr [--sessions 16000] [--repeat 20] [--http-repeat 3]
+[--pg-url URL] [--no-record]``
 (``URL`` of a PostgreSQL server where the benchmark may create and drop a database; defaults to
 ``$GRIDCHARGE_TEST_DATABASE_URL``; ``--no-record`` prints the table without appending it).
 """
@@ -240,31 +243,47 @@ def seed_database(url: str, n: int, now: datetime, distinct: bool = False) -> di
     return keys
 
 
-def bench_http(n: int, pg_url: str | None = None, distinct: bool = False) -> dict[str, Any]:
-    """One signal through HTTP; on a new SQLite file, or with ``pg_url`` (an existing
-    PostgreSQL server, e.g. from ``.ci/postgres.sh``) on a new database there; ``distinct``:
-    every session has its own published profile (see :func:`seed_database`)."""
+def _copy_database(source: str, pg_url: str | None, k: int) -> str:
+    """A fresh copy of the seeded database ``source`` (PostgreSQL: ``CREATE DATABASE ...
+    TEMPLATE``; SQLite: the file through SQLite's backup API); returns its URL."""
+    if pg_url:
+        from sqlalchemy import create_engine, text
+
+        template = source.rsplit("/", 1)[1]
+        name = f"{template}_{k}"
+        admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+        admin.dispose()
+        return pg_url.rsplit("/", 1)[0] + f"/{name}"
+    import sqlite3
+
+    path = Path(source.removeprefix("sqlite:///"))
+    copy = path.with_name(f"dr_{k}.db")
+    with sqlite3.connect(path) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+    src.close()
+    dst.close()
+    return f"sqlite:///{copy}"
+
+
+def _drop_database(url: str, pg_url: str | None) -> None:
+    if pg_url:
+        from sqlalchemy import create_engine, text
+
+        admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}"'))
+        admin.dispose()
+
+
+def _one_request(url_db: str, keys: dict[str, str]) -> dict[str, Any]:
+    """A server on ``url_db`` (background loops off, a CPO URL set so outbox items are
+    written), auto-relay on, one signal timed at the client."""
+    from sqlalchemy import create_engine, text
+
     from optimizer.demo import start_service
 
-    if pg_url:
-        import uuid
-
-        from sqlalchemy import create_engine as _ce
-        from sqlalchemy import text as _text
-
-        name = f"gc_drbench_{uuid.uuid4().hex[:8]}"
-        admin = _ce(pg_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(_text(f'CREATE DATABASE "{name}"'))
-        admin.dispose()
-        url_db = pg_url.rsplit("/", 1)[0] + f"/{name}"
-    else:
-        tmp = Path(tempfile.mkdtemp())
-        url_db = f"sqlite:///{tmp / 'dr.db'}"
-    now = datetime.now(UTC)
-    t0 = time.perf_counter()
-    keys = seed_database(url_db, n, now, distinct)
-    seed_s = time.perf_counter() - t0
     os.environ["GRIDCHARGE_CPO_URL"] = "http://127.0.0.1:9/ocpi/cpo/2.2.1/chargingprofiles"
     try:
         proc, url = start_service(url_db, background=False)
@@ -287,22 +306,11 @@ def bench_http(n: int, pg_url: str | None = None, distinct: bool = False) -> dic
     finally:
         proc.terminate()
         proc.wait(30)
-    from sqlalchemy import create_engine, text
-
     eng = create_engine(url_db)
     with eng.connect() as conn:
         outbox = conn.execute(text("SELECT count(*) FROM outbox")).scalar()
     eng.dispose()
-    if pg_url:
-        admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{url_db.rsplit("/", 1)[1]}"'))
-        admin.dispose()
     return {
-        "database": ("postgresql" if pg_url else "sqlite")
-        + (", every profile distinct" if distinct else ""),
-        "sessions": n,
-        "seed_s": round(seed_s, 1),
         "load_1min": [round(load_before, 2), round(load_after, 2)],
         "curtailed": out["sessions_curtailed"],
         "skipped": out["skipped"],
@@ -315,10 +323,63 @@ def bench_http(n: int, pg_url: str | None = None, distinct: bool = False) -> dic
     }
 
 
+def bench_http(
+    n: int, pg_url: str | None = None, distinct: bool = False, repeat: int = 3
+) -> dict[str, Any]:
+    """``repeat`` signals through HTTP, each on a fresh copy of one seeded database: a new
+    SQLite file, or with ``pg_url`` (an existing PostgreSQL server, e.g. from
+    ``.ci/postgres.sh``) a new database there; ``distinct``: every session has its own
+    published profile (see :func:`seed_database`). The row is the request of median client
+    wall time, with the times of all of them."""
+    if pg_url:
+        import uuid
+
+        from sqlalchemy import create_engine, text
+
+        name = f"gc_drbench_{uuid.uuid4().hex[:8]}"
+        admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+        seeded = pg_url.rsplit("/", 1)[0] + f"/{name}"
+    else:
+        seeded = f"sqlite:///{Path(tempfile.mkdtemp()) / 'dr.db'}"
+    now = datetime.now(UTC)
+    t0 = time.perf_counter()
+    keys = seed_database(seeded, n, now, distinct)
+    seed_s = time.perf_counter() - t0
+    samples = []
+    try:
+        for k in range(repeat):
+            url_db = _copy_database(seeded, pg_url, k)
+            try:
+                samples.append(_one_request(url_db, keys))
+            finally:
+                _drop_database(url_db, pg_url)
+    finally:
+        _drop_database(seeded, pg_url)
+    times = [s["http_ms"] for s in samples]
+    median = sorted(samples, key=lambda s: s["http_ms"])[(len(samples) - 1) // 2]
+    return {
+        "database": ("postgresql" if pg_url else "sqlite")
+        + (", every profile distinct" if distinct else ""),
+        "sessions": n,
+        "seed_s": round(seed_s, 1),
+        **median,
+        "http_ms_all": times,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sessions", type=int, default=16000)
     ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument(
+        "--http-repeat",
+        type=int,
+        default=3,
+        help="requests per database and case, each on a fresh copy of the seeded database",
+    )
     ap.add_argument(
         "--pg-url",
         default=os.environ.get("GRIDCHARGE_TEST_DATABASE_URL"),
@@ -335,7 +396,7 @@ def main() -> None:
     http_rows = []
     for pg_url in [None, args.pg_url] if args.pg_url else [None]:
         for distinct in (False, True):
-            http_rows.append(bench_http(args.sessions, pg_url, distinct))
+            http_rows.append(bench_http(args.sessions, pg_url, distinct, args.http_repeat))
             print(json.dumps(http_rows[-1]), flush=True)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     where = machine()
@@ -360,8 +421,10 @@ def main() -> None:
     for row in http_rows:
         db = row["database"]
         ratio = row["http_ms"] / proc_row["fastpath_ms"]
+        spread = ", ".join(f"{t:.0f}" for t in sorted(row["http_ms_all"]))
         lines += [
-            f"| HTTP `POST /v1/demand-response/signals` on {db}, committed (client wall) | "
+            f"| HTTP `POST /v1/demand-response/signals` on {db}, committed (client wall, "
+            f"median of {len(row['http_ms_all'])} requests: {spread} ms) | "
             f"{row['curtailed']:,} | {row['http_ms']} | {ratio:.0f} × fast path |",
             f"| of which in the server, signal to committed ({db}) | {row['curtailed']:,} | "
             f"{row['committed_ms']} | |",
