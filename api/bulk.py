@@ -200,8 +200,8 @@ def _delete_keys(conn: Connection, table: str, column: str, keys: list[Any]) -> 
     """``DELETE FROM table WHERE column = ANY(keys)`` on PostgreSQL. Text keys go as one text
     split by the server: the driver encodes a list of 16,000 strings as an array literal
     element by element, several times the cost of the delete. Keys that hold the separator
-    (none that a session id can hold) go as an array."""
-    if all(k.__class__ is str for k in keys):
+    (none that a session id can hold) or are empty go as an array."""
+    if all(k.__class__ is str and k for k in keys):  # string_to_array('') is {}
         joined = _KEY_SEPARATOR.join(keys)
         if joined.count(_KEY_SEPARATOR) == len(keys) - 1:
             conn.execute(

@@ -278,7 +278,7 @@ def _write_profiles(
     for change in changes:
         sid = change.session_id
         form = forms[sid]
-        evse_id, n_phases = ocpp_ids(form)
+        evse_id, n_phases = ocpp_ids(form, sid)
         values = {
             "cursor": change.cursor,
             "run_id": run_id,

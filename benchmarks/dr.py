@@ -257,24 +257,28 @@ def _copy_database(source: str, pg_url: str | None, k: int) -> str:
         admin.dispose()
         return pg_url.rsplit("/", 1)[0] + f"/{name}"
     import sqlite3
+    from contextlib import closing
 
     path = Path(source.removeprefix("sqlite:///"))
     copy = path.with_name(f"dr_{k}.db")
-    with sqlite3.connect(path) as src, sqlite3.connect(copy) as dst:
+    with closing(sqlite3.connect(path)) as src, closing(sqlite3.connect(copy)) as dst:
         src.backup(dst)
-    src.close()
-    dst.close()
     return f"sqlite:///{copy}"
 
 
 def _drop_database(url: str, pg_url: str | None) -> None:
-    if pg_url:
-        from sqlalchemy import create_engine, text
+    """Drop a benchmark database (SQLite: its file and the WAL beside it)."""
+    if not pg_url:
+        path = Path(url.removeprefix("sqlite:///"))
+        for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            p.unlink(missing_ok=True)
+        return
+    from sqlalchemy import create_engine, text
 
-        admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}"'))
-        admin.dispose()
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}"'))
+    admin.dispose()
 
 
 def _one_request(url_db: str, keys: dict[str, str]) -> dict[str, Any]:
@@ -331,6 +335,8 @@ def bench_http(
     ``.ci/postgres.sh``) a new database there; ``distinct``: every session has its own
     published profile (see :func:`seed_database`). The row is the request of median client
     wall time, with the times of all of them."""
+    if repeat < 1:
+        raise ValueError(f"repeat: at least one request (got {repeat})")
     if pg_url:
         import uuid
 

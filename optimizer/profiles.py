@@ -347,11 +347,21 @@ def ocpp_forms(
     }
 
 
-def ocpp_ids(forms: Mapping[str, Any]) -> tuple[int, int]:
+def ocpp_ids(forms: Mapping[str, Any], session_id: str) -> tuple[int, int]:
     """``(evse_id, n_phases)`` of a session's profile forms (:func:`session_profiles` with
-    ``"ocpp16"``): with the OCPI form they are all :func:`ocpp_forms` needs."""
+    ``"ocpp16"`` and ``"ocpp201"``): with the OCPI form and the session id they are all
+    :func:`ocpp_forms` needs. Raises :class:`ProfileError` when the OCPP 2.0.1
+    ``transactionId`` is not the session id (it would not be given back)."""
     p16 = forms["ocpp16"]
     periods = p16["csChargingProfiles"]["chargingSchedule"]["chargingSchedulePeriod"]
+    tx_id = forms["ocpp201"]["chargingProfile"]["transactionId"]
+    if tx_id != session_id:
+        raise ProfileError(
+            "transactionId",
+            tx_id,
+            "only the session id is stored as the transaction id of a published profile",
+            session_id,
+        )
     return int(p16["connectorId"]), int(periods[0]["numberPhases"])
 
 

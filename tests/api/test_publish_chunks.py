@@ -32,7 +32,7 @@ def ocpi(limits: list[float], start: str = "2026-11-25T08:00:00+00:00") -> dict[
 
 
 def forms(
-    limits: list[float], start: str = "2026-11-25T08:00:00+00:00", session_id: str = "s"
+    limits: list[float], start: str = "2026-11-25T08:00:00+00:00", *, session_id: str
 ) -> dict[str, Any]:
     o = ocpi(limits, start)
     return {**ocpp_forms(o, session_id=session_id, evse_id=1, n_phases=3), "ocpi": o}
@@ -68,13 +68,14 @@ def test_every_changed_profile_is_written_lowered_limits_first(db_url: str) -> N
     factory = make_sessionmaker(engine)
     settings = live_settings(db_url, publish_chunk_sessions=1)
     try:
-        first = {"a": forms([16, 16]), "b": forms([8, 8]), "d": forms([12, 12])}
+        first = {s: forms(lim, session_id=s) for s, lim in (("a", [16, 16]), ("b", [8, 8]))}
+        first["d"] = forms([12, 12], session_id="d")
         assert publish_in_chunks(factory, _run(factory), first, settings) == ["a", "b", "d"]
         second = {
-            "b": forms([16, 16]),  # raised: last
-            "a": forms([10, 10]),  # lowered
-            "c": forms([12, 12]),  # new session: lowered from its maximum
-            "d": forms([12, 12]),  # unchanged: not written again
+            "b": forms([16, 16], session_id="b"),  # raised: last
+            "a": forms([10, 10], session_id="a"),  # lowered
+            "c": forms([12, 12], session_id="c"),  # new session: lowered from its maximum
+            "d": forms([12, 12], session_id="d"),  # unchanged: not written again
         }
         run = _run(factory)
         assert publish_in_chunks(factory, run, second, settings) == ["a", "b", "c"]
@@ -137,7 +138,7 @@ def test_on_sqlite_chunks_are_followed_by_pauses_for_the_write_share(
             clock = _Clock()
             monkeypatch.setattr(publish, "time", clock)
             settings = live_settings(db_url, publish_chunk_sessions=1, publish_write_share=share)
-            three = {s: forms([10.0 + k]) for s in ("a", "b", "c")}
+            three = {s: forms([10.0 + k], session_id=s) for s in ("a", "b", "c")}
             assert publish_in_chunks(factory, _run(factory), three, settings) == ["a", "b", "c"]
             pauses[share] = clock.sleeps
     finally:

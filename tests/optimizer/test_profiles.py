@@ -275,9 +275,11 @@ def test_ocpp_forms_follow_from_the_ocpi_form_and_the_two_ids() -> None:
             current_a=[0.0, 16.0, 16.0, 12.56, 3.0, 0.0],
             present=[False, True, True, True, True, True],
         )
-        assert ocpp_ids(out) == (evse_id, n_phases)
+        assert ocpp_ids(out, "s1") == (evse_id, n_phases)
         derived = ocpp_forms(out["ocpi"], session_id="s1", evse_id=evse_id, n_phases=n_phases)
         assert json.dumps(derived) == json.dumps({f: out[f] for f in ("ocpp16", "ocpp201")})
+    with pytest.raises(ProfileError, match="transactionId"):
+        ocpp_ids(make(transaction_id="tx-1", current_a=[16.0]), "s1")
     bare = {k: v for k, v in out["ocpi"].items() if k != "min_charging_rate"}
     derived = ocpp_forms(bare, session_id="s1", evse_id=2, n_phases=1, transaction_id="tx-9")
     assert "minChargingRate" not in derived["ocpp16"]["csChargingProfiles"]["chargingSchedule"]

@@ -50,12 +50,14 @@ def _rows(columns: str) -> Iterator[list[tuple[Any, ...]]]:
 
 def upgrade() -> None:
     bind = op.get_bind()
+    if bind.dialect.name == "postgresql":  # no profile written between the check and the change
+        op.execute("LOCK TABLE profiles IN SHARE MODE")
     ids: list[dict[str, Any]] = []
     for batch in _rows("CAST(ocpi AS TEXT), CAST(ocpp16 AS TEXT), CAST(ocpp201 AS TEXT)"):
         for sid, ocpi, p16, p201 in batch:
             stored = {"ocpp16": _loads(p16), "ocpp201": _loads(p201)}
             try:
-                evse_id, n_phases = ocpp_ids(stored)
+                evse_id, n_phases = ocpp_ids(stored, sid)
                 same = (
                     ocpp_forms(_loads(ocpi), session_id=sid, evse_id=evse_id, n_phases=n_phases)
                     == stored
@@ -65,7 +67,8 @@ def upgrade() -> None:
             if not same:
                 raise RuntimeError(
                     f"profiles.ocpp16/ocpp201 of session {sid!r} are not the OCPP forms of its "
-                    "OCPI profile: they cannot be derived on read; nothing was changed"
+                    "OCPI profile: they cannot be derived on read; the upgrade to "
+                    f"{revision} stopped before changing anything"
                 )
             ids.append({"sid": sid, "evse_id": evse_id, "n_phases": n_phases})
     with op.batch_alter_table("profiles") as batch_op:
