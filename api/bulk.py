@@ -228,6 +228,10 @@ _BINARY_TYPES = {
 }
 
 
+_CATALOG_KEY = "gridcharge.bulk.catalog"
+"""Key of :func:`_catalog`'s cache in a pooled connection's ``info``."""
+
+
 def _catalog(conn: Connection, key: tuple[str, ...], look_up: Callable[[], Any]) -> Any:
     """``look_up()`` once per database connection and ``key``: the server's catalog (column
     types, sequences) does not change under a running service, and a query per chunk of a bulk
@@ -238,9 +242,6 @@ def _catalog(conn: Connection, key: tuple[str, ...], look_up: Callable[[], Any])
     if key not in cache:
         cache[key] = look_up()
     return cache[key]
-
-
-_CATALOG_KEY = "gridcharge.bulk.catalog"
 
 
 def _binary_types(conn: Connection, table: Table, columns: Sequence[str]) -> list[str] | None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -243,18 +244,26 @@ def seed_database(url: str, n: int, now: datetime, distinct: bool = False) -> di
     return keys
 
 
+def _admin(pg_url: str, sql: str) -> None:
+    """Run ``sql`` (CREATE/DROP DATABASE) on the PostgreSQL server of ``pg_url``, outside a
+    transaction."""
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(sql))
+    finally:
+        admin.dispose()
+
+
 def _copy_database(source: str, pg_url: str | None, k: int) -> str:
     """A fresh copy of the seeded database ``source`` (PostgreSQL: ``CREATE DATABASE ...
     TEMPLATE``; SQLite: the file through SQLite's backup API); returns its URL."""
     if pg_url:
-        from sqlalchemy import create_engine, text
-
         template = source.rsplit("/", 1)[1]
         name = f"{template}_{k}"
-        admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-        admin.dispose()
+        _admin(pg_url, f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
         return pg_url.rsplit("/", 1)[0] + f"/{name}"
     import sqlite3
     from contextlib import closing
@@ -273,12 +282,7 @@ def _drop_database(url: str, pg_url: str | None) -> None:
         for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
             p.unlink(missing_ok=True)
         return
-    from sqlalchemy import create_engine, text
-
-    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}"'))
-    admin.dispose()
+    _admin(pg_url, f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}"')
 
 
 def _one_request(url_db: str, keys: dict[str, str]) -> dict[str, Any]:
@@ -337,19 +341,16 @@ def bench_http(
     wall time, with the times of all of them."""
     if repeat < 1:
         raise ValueError(f"repeat: at least one request (got {repeat})")
+    tmp = None
     if pg_url:
         import uuid
 
-        from sqlalchemy import create_engine, text
-
         name = f"gc_drbench_{uuid.uuid4().hex[:8]}"
-        admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        admin.dispose()
+        _admin(pg_url, f'CREATE DATABASE "{name}"')
         seeded = pg_url.rsplit("/", 1)[0] + f"/{name}"
     else:
-        seeded = f"sqlite:///{Path(tempfile.mkdtemp()) / 'dr.db'}"
+        tmp = Path(tempfile.mkdtemp())
+        seeded = f"sqlite:///{tmp / 'dr.db'}"
     now = datetime.now(UTC)
     t0 = time.perf_counter()
     keys = seed_database(seeded, n, now, distinct)
@@ -364,6 +365,8 @@ def bench_http(
                 _drop_database(url_db, pg_url)
     finally:
         _drop_database(seeded, pg_url)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     times = [s["http_ms"] for s in samples]
     median = sorted(samples, key=lambda s: s["http_ms"])[(len(samples) - 1) // 2]
     return {
