@@ -29,6 +29,7 @@ from api.lease import SCHEDULER_LEASE, LeaseClaim, LeaseKeeper, signal
 from api.metrics import ACTIVE_SESSIONS, FALLBACKS, REJECTED_SCHEDULES, SOLVE_SECONDS
 from api.outbox import OutboxWorker
 from api.publish import reoptimise, update_gauges
+from api.published import Follower
 from api.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -265,7 +266,8 @@ class ChildScheduler:
 
 
 def start_loops(app: Any, settings: Settings) -> list[Any]:
-    """Start the scheduler and (with ``cpo_url``) the outbox worker; returns them (``.stop()``)."""
+    """Start the scheduler, (with ``cpo_url``) the outbox worker, the restore loop and the
+    follower of the published profiles (:mod:`api.published`); returns them (``.stop()``)."""
     factory: sessionmaker[Session] = app.state.sessionmaker
     events: Events = app.state.events
     loops: list[Any] = []
@@ -292,4 +294,7 @@ def start_loops(app: Any, settings: Settings) -> list[Any]:
     from api.dr import RestoreLoop  # demand response: restore at the settlement-period end
 
     loops.append(RestoreLoop(factory, settings, lease=lease).start())
+    published = getattr(app.state, "published", None)
+    if published is not None:  # the activation's published profiles, kept flattened
+        loops.append(Follower(published, factory).start())
     return loops

@@ -35,10 +35,8 @@ from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import numpy as np
-import orjson
 from prometheus_client import Counter, Gauge, Histogram
-from sqlalchemy import Table, Text, func, select
-from sqlalchemy import cast as sql_cast
+from sqlalchemy import Table, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.bulk import dumps, insert_columns, insert_rows, loads, reserve_ids
@@ -74,6 +72,7 @@ from api.publish import (
     ocpi_segments,
     publish_profiles,
 )
+from api.published import Found, PublishedProfiles, published_ocpi_texts
 from api.security import Principal
 from api.settings import Settings
 from optimizer.collector import gc_paused
@@ -518,42 +517,6 @@ def published_ocpi(db: Session, ids: list[str]) -> dict[str, dict[str, Any]]:
     return {sid: decoded.get(t) or decoded.setdefault(t, loads(t)) for sid, t in texts.items()}
 
 
-def decode_profiles(texts: Sequence[str | None]) -> list[dict[str, Any] | None]:
-    """Decoded JSON of ``texts`` (None stays None); each distinct text is decoded once, all of
-    them in one call of the decoder."""
-    distinct = list(dict.fromkeys(t for t in texts if t is not None))
-    if not distinct:
-        return [None] * len(texts)
-    try:
-        values = orjson.loads("[" + ",".join(distinct) + "]")
-    except orjson.JSONDecodeError:  # NaN/Infinity written by the standard library
-        values = [loads(t) for t in distinct]
-    by_text = dict(zip(distinct, values, strict=True))
-    return [None if t is None else by_text[t] for t in texts]
-
-
-def published_ocpi_texts(db: Session, ids: list[str]) -> dict[str, str]:
-    """The published OCPI profiles of ``ids`` as stored JSON text (PostgreSQL's driver hands
-    back decoded JSON, which is encoded again; identical profiles then give identical text)."""
-    out: dict[str, str] = {}
-    raw = sql_cast(Profile.ocpi, Text)  # the stored text, not decoded by the driver
-    if len(ids) > IN_CHUNK * 4:  # most of the table: one scan beats many IN (...) lookups
-        wanted = set(ids)
-        queries = [select(Profile.session_id, raw)]
-    else:
-        wanted = None
-        queries = [
-            select(Profile.session_id, raw).where(Profile.session_id.in_(chunk))
-            for chunk in _chunks(ids)
-        ]
-    conn = db.connection()  # rows as tuples: the ORM's result machinery is not needed
-    for q in queries:
-        for sid, ocpi in conn.execute(q):
-            if wanted is None or sid in wanted:
-                out[sid] = ocpi if isinstance(ocpi, str) else dumps(ocpi)
-    return out
-
-
 @lru_cache(maxsize=64)
 def _stamp(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -919,7 +882,7 @@ def _write_profiles(
     act: Activation,
     chosen: np.ndarray,
     ids: list[str],
-    texts: Mapping[str, str],
+    previous: Found,
     spans: Spans,
 ) -> None:
     """Render the curtailment profiles of ``ids`` and write them with their curtailment rows,
@@ -946,7 +909,7 @@ def _write_profiles(
             until_s=until_s[a:b],
             limit_a=min_a[a:b],
             n_phases=n_phases[a:b],
-            previous=decode_profiles([texts.get(sid) for sid in ids[a:b]]),
+            previous=previous.published(ids[a:b]),
             voltage_v=settings.voltage_v,
             step_s=settings.step_s,
         )
@@ -991,10 +954,12 @@ def run_activation(
     mode: str,
     actor: str,
     spans: Spans,
+    published: PublishedProfiles | None = None,
 ) -> DrActivation:
     """The fast path inside the caller's transaction: activation, curtailments, profiles,
     outbox and audit entry. The signal is marked relayed. ``spans`` gets the time of each
-    step."""
+    step. ``published`` holds the published profiles already flattened (the service's,
+    :mod:`api.published`); without it every one is read and decoded here."""
     fleet = load_fleet(db, settings, now, departures=False)
     spans.mark("read_fleet")
     try:
@@ -1021,10 +986,10 @@ def run_activation(
     db.add(activation)
     db.flush()
     spans.mark("decide")
-    texts = published_ocpi_texts(db, ids)
+    previous = (published or PublishedProfiles()).lookup(db, ids)
     spans.mark("read_profiles")
     if ids:
-        _write_profiles(db, settings, activation.id, now, fleet, act, chosen, ids, texts, spans)
+        _write_profiles(db, settings, activation.id, now, fleet, act, chosen, ids, previous, spans)
     signal.status = "relayed"
     signal.decided_at = now
     signal.decided_by = actor
@@ -1073,8 +1038,10 @@ def receive_signal(
     principal: Principal,
     body: SignalIn,
     now: datetime | None = None,
+    published: PublishedProfiles | None = None,
 ) -> tuple[dict[str, Any], bool]:
-    """Store a signal and relay it when the policy says so; ``(response, relayed)``.
+    """Store a signal and relay it when the policy says so; ``(response, relayed)``
+    (``published``: :func:`run_activation`).
 
     Raises
     ------
@@ -1116,7 +1083,9 @@ def receive_signal(
         activation = None
         if refusal is None:
             signal.decision_reason = "auto-relay policy"
-            activation = run_activation(db, settings, signal, now, "auto", "policy", spans)
+            activation = run_activation(
+                db, settings, signal, now, "auto", "policy", spans, published
+            )
         else:
             signal.decision_reason = f"waiting for an operator: {refusal}"
         out = response_of(signal, activation)
@@ -1159,8 +1128,10 @@ def relay_signal(
     signal_id: int,
     reason: str | None = None,
     now: datetime | None = None,
+    published: PublishedProfiles | None = None,
 ) -> dict[str, Any]:
-    """An operator relays a pending signal: the activation starts now."""
+    """An operator relays a pending signal: the activation starts now (``published``:
+    :func:`run_activation`)."""
     spans = Spans()
     now = (now or utcnow()).replace(microsecond=0)
     with gc_paused(), transaction(factory) as db:
@@ -1168,7 +1139,9 @@ def relay_signal(
         signal = _pending(db, signal_id, now)
         signal.decision_reason = reason or "relayed by an operator"
         spans.mark("store_signal")
-        activation = run_activation(db, settings, signal, now, "manual", actor_of(principal), spans)
+        activation = run_activation(
+            db, settings, signal, now, "manual", actor_of(principal), spans, published
+        )
         out = response_of(signal, activation)
     spans.mark("commit")
     elapsed = spans.total_s()

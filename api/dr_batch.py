@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain
 from operator import itemgetter
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import pandas as pd
@@ -134,25 +134,118 @@ class Published:
         return int(self.has.size)
 
 
-def published_from_dicts(previous: Sequence[Mapping[str, Any] | None]) -> Published:
-    """:class:`Published` of decoded OCPI profiles (None: none published)."""
-    m = len(previous)
+class Flat(NamedTuple):
+    """One published OCPI profile with at least one period, flattened (what :class:`Published`
+    holds of it): start and end [s since the epoch], ``min_charging_rate`` (None: missing),
+    whether the unit is ``"A"``, and the ``start_period`` and ``limit`` of every period."""
+
+    start_s: float
+    end_s: float
+    min_rate: float | None
+    unit_a: bool
+    offsets: list[float]
+    limits: list[float]
+
+
+_START_PERIOD = itemgetter("start_period")
+_LIMIT = itemgetter("limit")
+
+
+def flatten(previous: Sequence[Mapping[str, Any] | None]) -> list[Flat | None]:
+    """:class:`Flat` of decoded OCPI profiles (None where there is none or it has no period).
+    Numbers stay as decoded (ints or floats); :func:`published_from_flat` makes them floats."""
+    stamps: dict[str, float] = {}
+    out: list[Flat | None] = []
+    append = out.append
+    for prev in previous:
+        periods = None if prev is None else prev["charging_profile_period"]
+        if not periods:
+            append(None)
+            continue
+        assert prev is not None
+        stamp = prev["start_date_time"]
+        p0 = stamps.get(stamp)
+        if p0 is None:
+            p0 = stamps[stamp] = datetime.fromisoformat(stamp).timestamp()
+        append(
+            Flat(
+                p0,
+                p0 + prev["duration"],
+                prev.get("min_charging_rate"),
+                prev.get("charging_rate_unit") == "A",
+                list(map(_START_PERIOD, periods)),
+                list(map(_LIMIT, periods)),
+            )
+        )
+    return out
+
+
+def _published(
+    m: int,
+    at: list[int],
+    start_s: Sequence[float],
+    end_s: Sequence[float],
+    rates: Sequence[float | None],
+    units: Sequence[bool],
+    counts: Sequence[int],
+    offsets: Sequence[float],
+    limits: Sequence[float],
+) -> Published:
+    """:class:`Published` of ``m`` sessions from the fields of those with a profile (at ``at``),
+    given as plain lists: one numpy assignment per field."""
     has = np.zeros(m, dtype=bool)
     p_start = np.zeros(m)
     p_end = np.zeros(m)
     p_rate = np.zeros(m)
     rate_missing = np.zeros(m, dtype=bool)
     unit_a = np.zeros(m, dtype=bool)
-    counts = np.zeros(m, dtype=np.int64)
+    n = np.zeros(m, dtype=np.int64)
+    if at:
+        where = np.array(at, dtype=np.int64)
+        has[where] = True
+        p_start[where] = start_s
+        p_end[where] = np.array(end_s, dtype=np.float64)
+        rate_missing[where] = [r is None for r in rates]
+        p_rate[where] = [0.0 if r is None else float(r) for r in rates]
+        unit_a[where] = units
+        n[where] = counts
+    seg_off = np.array(offsets, dtype=np.float64)
+    seg_lim = np.array(limits, dtype=np.float64)
+    return Published(has, p_start, p_end, p_rate, rate_missing, unit_a, n, seg_off, seg_lim)
+
+
+def published_from_flat(flat: Sequence[Flat | None]) -> Published:
+    """:class:`Published` of flattened profiles (None: none published)."""
+    at = [k for k, f in enumerate(flat) if f is not None]
+    if not at:
+        return _published(len(flat), [], [], [], [], [], [], [], [])
+    present = cast(list[Flat], [flat[k] for k in at])
+    start, end, rates, units, offs, lims = zip(*present, strict=True)
+    return _published(
+        len(flat),
+        at,
+        start,
+        end,
+        rates,
+        units,
+        list(map(len, offs)),
+        list(chain.from_iterable(offs)),
+        list(chain.from_iterable(lims)),
+    )
+
+
+def published_from_dicts(previous: Sequence[Mapping[str, Any] | None]) -> Published:
+    """:class:`Published` of decoded OCPI profiles (None: none published); the same as
+    :func:`published_from_flat` of :func:`flatten`, in one pass (faster when nothing is cached)."""
     stamps: dict[str, float] = {}
-    idx: list[int] = []
+    at: list[int] = []
     starts: list[float] = []
-    durations: list[Any] = []
+    ends: list[float] = []
     rates: list[Any] = []
     units: list[bool] = []
     n_periods: list[int] = []
     period_lists: list[list[dict[str, Any]]] = []
-    for k, prev in enumerate(previous):  # plain lists here; one numpy assignment per field below
+    for k, prev in enumerate(previous):
         if prev is None:
             continue
         periods = prev["charging_profile_period"]
@@ -162,26 +255,25 @@ def published_from_dicts(previous: Sequence[Mapping[str, Any] | None]) -> Publis
         p0 = stamps.get(stamp)
         if p0 is None:
             p0 = stamps[stamp] = datetime.fromisoformat(stamp).timestamp()
-        idx.append(k)
+        at.append(k)
         starts.append(p0)
-        durations.append(prev["duration"])
+        ends.append(p0 + prev["duration"])
         rates.append(prev.get("min_charging_rate"))
         units.append(prev.get("charging_rate_unit") == "A")
         n_periods.append(len(periods))
         period_lists.append(periods)
-    if idx:
-        at = np.array(idx, dtype=np.int64)
-        has[at] = True
-        p_start[at] = starts
-        p_end[at] = p_start[at] + np.array(durations, dtype=np.float64)
-        rate_missing[at] = [r is None for r in rates]
-        p_rate[at] = [0.0 if r is None else float(r) for r in rates]
-        unit_a[at] = units
-        counts[at] = n_periods
     flat = list(chain.from_iterable(period_lists))
-    seg_off = np.asarray(list(map(itemgetter("start_period"), flat)), dtype=np.float64)
-    seg_lim = np.asarray(list(map(itemgetter("limit"), flat)), dtype=np.float64)
-    return Published(has, p_start, p_end, p_rate, rate_missing, unit_a, counts, seg_off, seg_lim)
+    return _published(
+        len(previous),
+        at,
+        starts,
+        ends,
+        rates,
+        units,
+        n_periods,
+        list(map(_START_PERIOD, flat)),
+        list(map(_LIMIT, flat)),
+    )
 
 
 def render_batch(

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from api.db import make_engine, make_sessionmaker, migrate
 from api.events import Events
 from api.forecast import fail_interrupted
+from api.published import PublishedProfiles
 from api.routes import (
     demand_response,
     dso,
@@ -87,6 +88,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         schedules.resume_jobs(app.state.sessionmaker, app.state.jobs)
         app.state.forecast_jobs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forecast")
         fail_interrupted(app.state.sessionmaker)  # forecast training left by a stopped process
+        app.state.published = PublishedProfiles()  # api/published.py: read once now, then
+        app.state.published.follow(app.state.sessionmaker)  # followed in the background
         loops = _start_background(app, cfg) if cfg.background else []
         try:
             yield

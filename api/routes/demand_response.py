@@ -16,6 +16,7 @@ from api import dr
 from api.db import transaction, utcnow
 from api.deps import DbDep, SettingsDep, in_range, instant, require
 from api.models_dr import DrActivation, DrContractRule, DrSignal
+from api.published import PublishedProfiles
 from api.security import Principal
 from api.sessions import UtcDateTime
 
@@ -74,6 +75,11 @@ def _factory(request: Request) -> sessionmaker[Session]:
     return factory
 
 
+def _published(request: Request) -> PublishedProfiles | None:
+    """The service's flattened published profiles (:mod:`api.published`)."""
+    return getattr(request.app.state, "published", None)
+
+
 def _http(exc: dr.DrError) -> HTTPException:
     return HTTPException(exc.status, str(exc))
 
@@ -124,7 +130,11 @@ def post_signal(
         reason=body.reason,
         imbalance_price_eur_per_mwh=body.imbalance_price_eur_per_mwh,
     )
-    out, _ = _call(lambda: dr.receive_signal(_factory(request), settings, principal, signal, when))
+    out, _ = _call(
+        lambda: dr.receive_signal(
+            _factory(request), settings, principal, signal, when, _published(request)
+        )
+    )
     return out
 
 
@@ -166,7 +176,9 @@ def relay(
     reason = body.reason if body else None
     when = _at(at, principal)
     return _call(
-        lambda: dr.relay_signal(_factory(request), settings, principal, signal_id, reason, when)
+        lambda: dr.relay_signal(
+            _factory(request), settings, principal, signal_id, reason, when, _published(request)
+        )
     )
 
 
