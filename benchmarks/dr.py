@@ -292,9 +292,12 @@ def _drop_database(url: str, pg_url: str | None) -> None:
     _admin(pg_url, f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}"')
 
 
-def _one_request(url_db: str, keys: dict[str, str]) -> dict[str, Any]:
+def _one_request(url_db: str, keys: dict[str, str], republished: bool = False) -> dict[str, Any]:
     """A server on ``url_db`` (background loops off, a CPO URL set so outbox items are
-    written), auto-relay on, one signal timed at the client."""
+    written), auto-relay on, one signal timed at the client. ``republished``: after the
+    server has read the published profiles (``api/published.py``), every one gets a new
+    cursor, as when a re-plan has just republished them all, so none is taken from the
+    service's cache."""
     from sqlalchemy import create_engine, text
 
     from optimizer.demo import start_service
@@ -311,6 +314,11 @@ def _one_request(url_db: str, keys: dict[str, str]) -> dict[str, Any]:
             c.put(
                 "/v1/demand-response/policy", json={"auto_relay": True}, headers=h_op
             ).raise_for_status()
+            if republished:
+                eng = create_engine(url_db)
+                with eng.begin() as conn:  # cursors no profile had: none matches the cache
+                    conn.execute(text("UPDATE profiles SET cursor = -cursor"))
+                eng.dispose()
             load_before = os.getloadavg()[0]
             t0 = time.perf_counter()
             r = c.post("/v1/demand-response/signals", json={"reason": "bench"}, headers=h_brp)
@@ -339,13 +347,17 @@ def _one_request(url_db: str, keys: dict[str, str]) -> dict[str, Any]:
 
 
 def bench_http(
-    n: int, pg_url: str | None = None, distinct: bool = False, repeat: int = 3
+    n: int,
+    pg_url: str | None = None,
+    distinct: bool = False,
+    repeat: int = 3,
+    republished: bool = False,
 ) -> dict[str, Any]:
     """``repeat`` signals through HTTP, each on a fresh copy of one seeded database: a new
     SQLite file, or with ``pg_url`` (an existing PostgreSQL server, e.g. from
     ``.ci/postgres.sh``) a new database there; ``distinct``: every session has its own
-    published profile (see :func:`seed_database`). The row is the request of median client
-    wall time, with the times of all of them."""
+    published profile (see :func:`seed_database`); ``republished``: see :func:`_one_request`.
+    The row is the request of median client wall time, with the times of all of them."""
     if repeat < 1:
         raise ValueError(f"repeat: at least one request (got {repeat})")
     tmp = None
@@ -367,7 +379,7 @@ def bench_http(
         for k in range(repeat):
             url_db = _copy_database(seeded, pg_url, k)
             try:
-                samples.append(_one_request(url_db, keys))
+                samples.append(_one_request(url_db, keys, republished))
             finally:
                 _drop_database(url_db, pg_url)
     finally:
@@ -378,7 +390,8 @@ def bench_http(
     median = sorted(samples, key=lambda s: s["http_ms"])[(len(samples) - 1) // 2]
     return {
         "database": ("postgresql" if pg_url else "sqlite")
-        + (", every profile distinct" if distinct else ""),
+        + (", every profile distinct" if distinct else "")
+        + (", republished after the start (none cached)" if republished else ""),
         "sessions": n,
         "seed_s": round(seed_s, 1),
         **median,
@@ -411,8 +424,10 @@ def main() -> None:
     print(json.dumps(proc_row), flush=True)
     http_rows = []
     for pg_url in [None, args.pg_url] if args.pg_url else [None]:
-        for distinct in (False, True):
-            http_rows.append(bench_http(args.sessions, pg_url, distinct, args.http_repeat))
+        for distinct, republished in ((False, False), (True, False), (True, True)):
+            http_rows.append(
+                bench_http(args.sessions, pg_url, distinct, args.http_repeat, republished)
+            )
             print(json.dumps(http_rows[-1]), flush=True)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     where = machine()
