@@ -1011,6 +1011,7 @@ def run_activation(
             "skipped": act.skipped(),
             "target_reached": act.target_reached,
             "timings_ms": spans.ms,
+            "profiles_cached": len(previous.flat),  # api/published.py
         },
     )
     return activation

@@ -13,7 +13,10 @@
    client: it reads the fleet, decides, and commits the activation, the curtailments, the
    profiles, the profile changes and the outbox items in one transaction. The table gives the
    request of median time, the times of all of them, and the median one's server steps
-   (``timings_ms`` in the answer).
+   (``timings_ms`` in the answer). Three cases per database: every curtailment shape shared,
+   every published profile distinct, and every profile distinct and republished after the
+   server read them (none taken from its cache, ``api/published.py``: the moment right after a
+   re-plan). The seeded PostgreSQL database is analysed, as autovacuum would have done.
 
 Results are appended to ``docs/BENCHMARKS.md`` and ``docs/benchmarks.json``.
 
@@ -292,6 +295,32 @@ def _drop_database(url: str, pg_url: str | None) -> None:
     _admin(pg_url, f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}"')
 
 
+def _republish(url_db: str) -> None:
+    """Give every published profile a new cursor with its ``profile_changes`` row, as a
+    publisher does (the rows rewritten, the cursors above every earlier one)."""
+    from sqlalchemy import create_engine, text
+
+    eng = create_engine(url_db)
+    with eng.begin() as conn:
+        top = conn.execute(text("SELECT coalesce(max(cursor), 0) FROM profile_changes")).scalar()
+        conn.execute(text("UPDATE profiles SET cursor = cursor + :top"), {"top": top})
+        conn.execute(
+            text(
+                "INSERT INTO profile_changes (cursor, session_id, run_id, created_at) "
+                "SELECT cursor, session_id, run_id, updated_at FROM profiles WHERE cursor > :top"
+            ),
+            {"top": top},
+        )
+        if conn.dialect.name == "postgresql":
+            conn.execute(
+                text(
+                    "SELECT setval(pg_get_serial_sequence('profile_changes', 'cursor'), "
+                    "(SELECT max(cursor) FROM profile_changes))"
+                )
+            )
+    eng.dispose()
+
+
 def _one_request(url_db: str, keys: dict[str, str], republished: bool = False) -> dict[str, Any]:
     """A server on ``url_db`` (background loops off, a CPO URL set so outbox items are
     written), auto-relay on, one signal timed at the client. ``republished``: after the
@@ -315,10 +344,7 @@ def _one_request(url_db: str, keys: dict[str, str], republished: bool = False) -
                 "/v1/demand-response/policy", json={"auto_relay": True}, headers=h_op
             ).raise_for_status()
             if republished:
-                eng = create_engine(url_db)
-                with eng.begin() as conn:  # cursors no profile had: none matches the cache
-                    conn.execute(text("UPDATE profiles SET cursor = -cursor"))
-                eng.dispose()
+                _republish(url_db)
             load_before = os.getloadavg()[0]
             t0 = time.perf_counter()
             r = c.post("/v1/demand-response/signals", json={"reason": "bench"}, headers=h_brp)
@@ -332,7 +358,13 @@ def _one_request(url_db: str, keys: dict[str, str], republished: bool = False) -
     eng = create_engine(url_db)
     with eng.connect() as conn:
         outbox = conn.execute(text("SELECT count(*) FROM outbox")).scalar()
+        detail = conn.execute(
+            text("SELECT detail FROM dr_audit_log WHERE action = 'relay' ORDER BY id DESC")
+        ).scalar()
     eng.dispose()
+    cached = (json.loads(detail) if isinstance(detail, str) else detail or {}).get(
+        "profiles_cached"
+    )
     return {
         "load_1min": [round(load_before, 2), round(load_after, 2)],
         "curtailed": out["sessions_curtailed"],
@@ -343,6 +375,7 @@ def _one_request(url_db: str, keys: dict[str, str], republished: bool = False) -
         "committed_ms": round(out.get("committed_s", out["activation"]["time_s"]) * 1e3, 1),
         "steps_ms": out.get("timings_ms", {}),
         "outbox_items": outbox,
+        "profiles_cached": cached,
     }
 
 
@@ -474,7 +507,8 @@ def main() -> None:
         f"{proc_row['reference_released_kw']:,} kW); "
         + "; ".join(
             f"{r['released_kw']:,} kW through HTTP on {r['database']} with "
-            f"{r['outbox_items']:,} outbox items written"
+            f"{r['outbox_items']:,} outbox items written and "
+            f"{r['profiles_cached'] or 0:,} published profiles taken from the service's cache"
             for r in http_rows
         )
         + f". Load average (1 min) around the HTTP request: {loads} (on {os.cpu_count()} cores).",

@@ -22,7 +22,7 @@ from api.db import make_engine, make_sessionmaker, transaction
 from api.dr_batch import Published, published_from_dicts
 from api.main import create_app
 from api.models import Profile, ProfileChange
-from api.models_dr import DrCurtailment, DrSignal
+from api.models_dr import DrAuditEntry, DrCurtailment, DrSignal
 from api.published import Follower, PublishedProfiles, decode_profiles
 from api.settings import Settings
 from benchmarks.dr import seed_database
@@ -81,10 +81,17 @@ def test_lookup_takes_a_cached_profile_only_under_its_cursor(
     changed = {sid: some_profile(rnd) for sid in ids[10:30]}
     publish(factory, {**changed, **{sid: None for sid in ids[30:35]}})
     publish(factory, {f"n-{k}": some_profile(rnd) for k in range(5)})
+    # committed after the follower passed its cursor (cursors of concurrent publishers can
+    # commit out of order): below the follower's cursor, yet not the one cached
+    with transaction(factory) as db:
+        row = db.get(Profile, "s-050")
+        assert row is not None
+        row.cursor, row.ocpi = -50, some_profile(rnd)
     wanted = [*ids, *(f"n-{k}" for k in range(5)), "none"]
     with factory() as db:
         found = cache.lookup(db, wanted)
-    unchanged = [sid for sid in ids if sid not in changed and sid not in ids[30:35]]
+    late = ["s-050"]
+    unchanged = [sid for sid in ids if sid not in changed and sid not in ids[30:35] + late]
     assert sorted(found.flat) == sorted(unchanged)
     assert sorted(found.texts) == sorted(set(wanted) - set(unchanged) - {"none"})
     assert_same(found.published(wanted), stored(factory, wanted))
@@ -95,7 +102,7 @@ def test_lookup_takes_a_cached_profile_only_under_its_cursor(
     assert len(cache) == 80 - 5 + 5
     with factory() as db:
         found = cache.lookup(db, wanted)
-    assert sorted(found.texts) == sorted(ids[30:35])  # cleared: read as stored
+    assert sorted(found.texts) == sorted(ids[30:35] + late)  # cleared: read as stored
     assert_same(found.published(wanted), stored(factory, wanted))
 
 
@@ -155,8 +162,14 @@ def activation_rows(
         }
         for p in db.scalars(select(Profile).where(Profile.run_id == -act.id)):
             rows[p.session_id] += (p.ocpi, p.limits_a, p.evse_id, p.n_phases)
+        entry = db.scalars(select(DrAuditEntry).where(DrAuditEntry.action == "relay")).one()
+        cached_counts.append(entry.detail["profiles_cached"])
         db.rollback()
     return rows, act.sessions_curtailed
+
+
+cached_counts: list[int] = []
+"""``profiles_cached`` of each activation's audit entry, in order."""
 
 
 def test_an_activation_writes_the_same_rows_with_the_cache(
@@ -169,12 +182,14 @@ def test_an_activation_writes_the_same_rows_with_the_cache(
     engine = make_engine(fleet_url)
     factory = make_sessionmaker(engine)
     try:
+        cached_counts.clear()
         reference, n = activation_rows(factory, settings, None)
         assert n > 200 and len(reference) == n
         assert sum(len(r) > 2 for r in reference.values()) > 200  # most profiles change
         cache = PublishedProfiles()
         cache.follow(factory)
         assert activation_rows(factory, settings, cache) == (reference, n)
+        assert cached_counts == [0, n]  # every curtailed session's profile from the cache
         with transaction(factory) as db:  # republished as they were: new cursors
             db.execute(
                 update(Profile)
@@ -185,6 +200,7 @@ def test_an_activation_writes_the_same_rows_with_the_cache(
             found = cache.lookup(db, sorted(reference))
         assert 50 < len(found.texts) < len(reference) - 50
         assert activation_rows(factory, settings, cache) == (reference, n)
+        assert cached_counts[-1] == n - len(found.texts)
         # republished with other limits: the cache, not followed since, is not used for it
         with transaction(factory) as db:
             row = db.get(Profile, "b-000200")
