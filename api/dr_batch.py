@@ -136,11 +136,12 @@ class Published:
 
 class Flat(NamedTuple):
     """One published OCPI profile with at least one period, flattened (what :class:`Published`
-    holds of it): start and end [s since the epoch], ``min_charging_rate`` (None: missing),
+    holds of it): start [s since the epoch], duration [s] as decoded, ``min_charging_rate``
+    (None: missing),
     whether the unit is ``"A"``, and the ``start_period`` and ``limit`` of every period."""
 
     start_s: float
-    end_s: float
+    duration_s: Any
     min_rate: float | None
     unit_a: bool
     offsets: list[float]
@@ -170,7 +171,7 @@ def flatten(previous: Sequence[Mapping[str, Any] | None]) -> list[Flat | None]:
         append(
             Flat(
                 p0,
-                p0 + prev["duration"],
+                prev["duration"],
                 prev.get("min_charging_rate"),
                 prev.get("charging_rate_unit") == "A",
                 list(map(_START_PERIOD, periods)),
@@ -184,7 +185,7 @@ def _published(
     m: int,
     at: list[int],
     start_s: Sequence[float],
-    end_s: Sequence[float],
+    durations: Sequence[Any],
     rates: Sequence[float | None],
     units: Sequence[bool],
     counts: Sequence[int],
@@ -204,7 +205,7 @@ def _published(
         where = np.array(at, dtype=np.int64)
         has[where] = True
         p_start[where] = start_s
-        p_end[where] = np.array(end_s, dtype=np.float64)
+        p_end[where] = p_start[where] + np.array(durations, dtype=np.float64)
         rate_missing[where] = [r is None for r in rates]
         p_rate[where] = [0.0 if r is None else float(r) for r in rates]
         unit_a[where] = units
@@ -220,12 +221,12 @@ def published_from_flat(flat: Sequence[Flat | None]) -> Published:
     if not at:
         return _published(len(flat), [], [], [], [], [], [], [], [])
     present = cast(list[Flat], [flat[k] for k in at])
-    start, end, rates, units, offs, lims = zip(*present, strict=True)
+    start, durations, rates, units, offs, lims = zip(*present, strict=True)
     return _published(
         len(flat),
         at,
         start,
-        end,
+        durations,
         rates,
         units,
         list(map(len, offs)),
@@ -240,7 +241,7 @@ def published_from_dicts(previous: Sequence[Mapping[str, Any] | None]) -> Publis
     stamps: dict[str, float] = {}
     at: list[int] = []
     starts: list[float] = []
-    ends: list[float] = []
+    durations: list[Any] = []
     rates: list[Any] = []
     units: list[bool] = []
     n_periods: list[int] = []
@@ -257,7 +258,7 @@ def published_from_dicts(previous: Sequence[Mapping[str, Any] | None]) -> Publis
             p0 = stamps[stamp] = datetime.fromisoformat(stamp).timestamp()
         at.append(k)
         starts.append(p0)
-        ends.append(p0 + prev["duration"])
+        durations.append(prev["duration"])
         rates.append(prev.get("min_charging_rate"))
         units.append(prev.get("charging_rate_unit") == "A")
         n_periods.append(len(periods))
@@ -267,7 +268,7 @@ def published_from_dicts(previous: Sequence[Mapping[str, Any] | None]) -> Publis
         len(previous),
         at,
         starts,
-        ends,
+        durations,
         rates,
         units,
         n_periods,

@@ -138,7 +138,10 @@ class ScheduleRun(Base):
 
 class ProfileChange(Base):
     """The cursor sequence of published profiles: one row per (re)published session profile
-    (a log, read by cursor; no index on the session: migration 0008)."""
+    (a log, read by cursor; no index on the session: migration 0008).
+
+    Rows are never deleted: on SQLite the next cursor is the highest one plus one, and
+    :mod:`api.published` relies on a committed cursor never being handed out again."""
 
     __tablename__ = "profile_changes"
     cursor: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -25,7 +25,7 @@ import logging
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from sqlalchemy import Text, case, select
@@ -95,6 +95,26 @@ def published_ocpi_texts(db: Session, ids: list[str]) -> dict[str, str]:
     return {sid: _text(t) for sid, t in _rows(db, (_TEXT,), ids)}
 
 
+_UNREADABLE = object()
+"""What :func:`_flatten_texts` gives for a text that is not a profile it can flatten."""
+
+
+def _flatten_texts(texts: list[str]) -> list[Flat | object | None]:
+    """:func:`api.dr_batch.flatten` of the decoded ``texts``; a text that cannot be decoded or
+    flattened gives :data:`_UNREADABLE` (logged) instead of stopping the others."""
+    try:
+        return list(flatten(decode_profiles(texts)))
+    except Exception:  # one bad row: flatten them one by one
+        out: list[Flat | object | None] = []
+        for text in texts:
+            try:
+                out.extend(flatten(decode_profiles([text])))
+            except Exception as exc:
+                log.warning("a published profile is not kept in memory: %r", exc)
+                out.append(_UNREADABLE)
+        return out
+
+
 class PublishedProfiles:
     """Flattened published profiles of one database, by session, with their cursors."""
 
@@ -131,13 +151,16 @@ class PublishedProfiles:
                 if not rows:
                     return read
                 live = [r for r in rows if r[3] is None]
-                flat = flatten(decode_profiles([_text(r[2]) for r in live]))
+                flat = _flatten_texts([_text(r[2]) for r in live])
                 by_session = self._by_session
                 for r in rows:
                     if r[3] is not None:
                         by_session.pop(r[0], None)
                 for r, f in zip(live, flat, strict=True):
-                    by_session[r[0]] = (int(r[1]), f)
+                    if f is _UNREADABLE:  # not kept: the activation reads it (and fails as before)
+                        by_session.pop(r[0], None)
+                    else:
+                        by_session[r[0]] = (int(r[1]), cast(Flat | None, f))
                 self._cursor = max(self._cursor, int(rows[-1][1]))
                 read += len(rows)
                 if len(rows) < FOLLOW_BATCH:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any
@@ -14,12 +16,12 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import dr
 from api.db import make_engine, make_sessionmaker, transaction
-from api.dr_batch import Published, published_from_dicts
+from api.dr_batch import Published, flatten, published_from_dicts, published_from_flat
 from api.main import create_app
 from api.models import Profile, ProfileChange
 from api.models_dr import DrAuditEntry, DrCurtailment, DrSignal
@@ -58,7 +60,25 @@ def stored(factory: sessionmaker[Session], ids: list[str]) -> Published:
 
 def assert_same(a: Published, b: Published) -> None:
     for f in fields(Published):
-        np.testing.assert_array_equal(getattr(a, f.name), getattr(b, f.name), err_msg=f.name)
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        assert x.dtype == y.dtype, f.name
+        np.testing.assert_array_equal(x, y, err_msg=f.name)
+
+
+@contextmanager
+def statements(factory: sessionmaker[Session]) -> Iterator[list[str]]:
+    """The SQL statements run through ``factory``'s engine meanwhile."""
+    engine = factory.kw["bind"]
+    seen: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
 
 
 def some_profile(rnd: random.Random) -> dict[str, Any]:
@@ -89,7 +109,10 @@ def test_lookup_takes_a_cached_profile_only_under_its_cursor(
         row.cursor, row.ocpi = -50, some_profile(rnd)
     wanted = [*ids, *(f"n-{k}" for k in range(5)), "none"]
     with factory() as db:
-        found = cache.lookup(db, wanted)
+        db.connection()
+        with statements(factory) as seen:
+            found = cache.lookup(db, wanted)
+    assert len(seen) == 2  # the scan, and the late row
     late = ["s-050"]
     unchanged = [sid for sid in ids if sid not in changed and sid not in ids[30:35] + late]
     assert sorted(found.flat) == sorted(unchanged)
@@ -111,8 +134,21 @@ def test_an_empty_cache_reads_every_profile_in_one_query(factory: sessionmaker[S
     publish(factory, {f"s-{k}": some_profile(rnd) for k in range(30)})
     ids = [f"s-{k}" for k in range(0, 30, 2)]
     with factory() as db:
-        found = PublishedProfiles().lookup(db, ids)
+        db.connection()
+        with statements(factory) as seen:
+            found = PublishedProfiles().lookup(db, ids)
+    assert len(seen) == 1
     assert found.flat == {} and sorted(found.texts) == sorted(ids)
+    assert_same(found.published(ids), stored(factory, ids))
+    # cached, and some republished since: one scan too, the texts with the newer rows only
+    cache = PublishedProfiles()
+    cache.follow(factory)
+    publish(factory, {sid: some_profile(rnd) for sid in ids[:4]})
+    with factory() as db:
+        db.connection()
+        with statements(factory) as seen:
+            found = cache.lookup(db, ids)
+    assert len(seen) == 1 and sorted(found.texts) == sorted(ids[:4])
     assert_same(found.published(ids), stored(factory, ids))
 
 
@@ -128,11 +164,11 @@ def test_the_service_reads_them_at_start_and_follows_them(
         follower = Follower(cache, factory, every_s=0.02).start()
         try:
             publish(factory, {"s-1": None, "s-20": some_profile(rnd)})
-            deadline = time.monotonic() + 10
-            while cache.follow(factory) == 0 and time.monotonic() < deadline:
-                pass  # the follower may have read them already
             with factory() as db:
                 top = db.scalar(select(Profile.cursor).order_by(Profile.cursor.desc()).limit(1))
+            deadline = time.monotonic() + 10  # the follower's rounds, not this test, read them
+            while cache.cursor != top and time.monotonic() < deadline:
+                time.sleep(0.01)
             assert cache.cursor == top and len(cache) == 11
             with factory() as db:
                 found = cache.lookup(db, ["s-1", "s-2", "s-20"])
@@ -213,3 +249,47 @@ def test_an_activation_writes_the_same_rows_with_the_cache(
         assert republished == activation_rows(factory, settings, None)
     finally:
         engine.dispose()
+
+
+def test_an_unreadable_profile_is_not_kept_and_the_others_are(
+    factory: sessionmaker[Session],
+) -> None:
+    rnd = random.Random(8)
+    publish(factory, {f"s-{k}": some_profile(rnd) for k in range(6)})
+    publish(factory, {"s-3": {"start_date_time": "2026-01-15T09:00:00Z"}})  # no periods key
+    cache = PublishedProfiles()
+    assert cache.follow(factory) == 6
+    assert len(cache) == 5
+    with factory() as db:
+        found = cache.lookup(db, [f"s-{k}" for k in range(6)])
+    assert sorted(found.texts) == ["s-3"]  # read as stored, and refused as before
+    with pytest.raises(KeyError):
+        found.published(["s-3"])
+
+
+def test_flattened_and_dict_profiles_give_the_same_arrays() -> None:
+    """Both ways to :class:`Published` agree on odd but decodable values: integer limits and
+    rates, a duration given as text or missing its value, other units, no periods."""
+    base = {
+        "start_date_time": "2026-01-15T09:00:00Z",
+        "duration": 3600,
+        "charging_rate_unit": "A",
+        "min_charging_rate": 6,
+        "charging_profile_period": [
+            {"start_period": 0, "limit": 16},
+            {"start_period": 900.0, "limit": 8.5},
+        ],
+    }
+    profiles: list[dict[str, Any] | None] = [
+        base,
+        {**base, "duration": "1800"},
+        {**base, "duration": None},
+        {**base, "charging_rate_unit": "W", "min_charging_rate": None},
+        {k: v for k, v in base.items() if k != "min_charging_rate"},
+        {**base, "charging_profile_period": []},
+        None,
+    ]
+    rnd = random.Random(9)
+    profiles += [random_previous(rnd) for _ in range(200)]
+    assert_same(published_from_flat(flatten(profiles)), published_from_dicts(profiles))
+    assert np.isnan(published_from_dicts(profiles).end_s[2])
