@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -499,15 +499,6 @@ def decide(
 
 # --------------------------------------------------------------------------------------------
 # curtailment profiles
-
-
-IN_CHUNK = 500
-"""Ids per ``IN (...)`` clause."""
-
-
-def _chunks(ids: list[str], size: int = IN_CHUNK) -> Iterable[list[str]]:
-    for k in range(0, len(ids), size):
-        yield ids[k : k + size]
 
 
 def published_ocpi(db: Session, ids: list[str]) -> dict[str, dict[str, Any]]:

@@ -137,8 +137,8 @@ class Published:
 class Flat(NamedTuple):
     """One published OCPI profile with at least one period, flattened (what :class:`Published`
     holds of it): start [s since the epoch], duration [s] as decoded, ``min_charging_rate``
-    (None: missing),
-    whether the unit is ``"A"``, and the ``start_period`` and ``limit`` of every period."""
+    (None: missing), whether the unit is ``"A"``, and the ``start_period`` and ``limit`` of
+    every period."""
 
     start_s: float
     duration_s: Any
